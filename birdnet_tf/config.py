@@ -1,0 +1,271 @@
+"""Frozen, typed configuration: one dataclass per stage, one :class:`Config` for a run.
+
+Every default lives here and only here. A recipe (YAML or JSON under ``pipelines/``)
+overrides any subset of fields; command-line ``section.field=value`` overrides win
+over the recipe. The full resolved config is saved as ``config.json`` beside every
+artefact (run folder, export), together with the package version.
+
+Units are in the field names (``_hz``, ``_s``, ``_db``); derived values are properties.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from birdnet_tf.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """How audio is stored for training and fed to the model."""
+
+    sample_rate_hz: int = 22050
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """The in-model spectrogram frontend: waveform ``(batch, samples)`` → ``(batch, frames, mels)``."""
+
+    n_fft: int = 1024
+    hop_length: int = 315  # 70 frames/s at 22,050 Hz, as in the OFAI system
+    n_mels: int = 80
+    fmin_hz: float = 150.0
+    fmax_hz: float = 10000.0
+    power: float = 2.0  # 1 = magnitude, 2 = power spectrogram
+    magnitude: str = "log"  # compression of the mel energies: log | log1p | none
+    log_offset: float = 1e-6
+    band_norm: bool = True  # per-band standardisation (batch norm without scale/shift)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset split, excerpting, targets and batching."""
+
+    excerpt_s: float = 5.0  # training excerpt length = evaluation window length
+    eval_hop_s: float = 2.5  # hop between evaluation windows
+    max_eval_windows: int = 64  # per file, evenly spread over long files
+    background_weight: float = 0.5  # target value of background species in the label set
+    split_by: str = "auto"  # auto | recordist | class
+    val_fraction: float = 0.2
+    seed: int = 0
+    batch_size: int = 32
+    excerpts_per_file_s: float = 20.0  # an epoch draws ceil(duration / this) excerpts per file ...
+    max_excerpts_per_file: int = 4  # ... at most this many
+    min_excerpts_per_file: int = 1
+    shuffle_buffer: int = 2048
+    file_pooling: str = "mean"  # pooling of window scores per file in validation
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-only augmentation; each is the identity when its probability is 0."""
+
+    gain_prob: float = 0.8
+    gain_db: float = 6.0  # uniform in ±gain_db
+    shift_prob: float = 1.0  # random circular time shift within the excerpt
+    noise_prob: float = 0.5
+    noise_snr_db: tuple[float, float] = (3.0, 30.0)
+    mask_prob: float = 0.5  # SpecAugment-style masks, applied in the model after the frontend
+    freq_masks: int = 2
+    freq_mask_bins: int = 8
+    time_masks: int = 2
+    time_mask_frames: int = 25
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture, chosen by name from the model registry."""
+
+    name: str = "ismir2016"
+    width: float = 1.0  # multiplier for convolution filters
+    dense_units: int = 256
+    dropout: float = 0.5
+    temporal_pooling: str = "logmeanexp:1"  # max | mean | logmeanexp:a
+    output_activation: str = "sigmoid"  # sigmoid | softmax
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, logging and checkpoints."""
+
+    epochs: int = 30
+    steps_per_epoch: int = 0  # 0 = derived from the dataset (one pass of sampled excerpts)
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-5
+    schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: float = 1.0
+    weight_decay: float = 1e-4
+    loss: str = "bce"  # bce | cce
+    label_smoothing: float = 0.0
+    early_stopping_patience: int = 0  # epochs without val MLRAP improvement; 0 = off
+    mixed_precision: bool = True  # used on a GPU only; float32 on CPU
+    monitor: str = "val_mlrap_bg"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: every stage's settings."""
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def excerpt_samples(self) -> int:
+        """Samples in one training excerpt / evaluation window."""
+        return int(round(self.data.excerpt_s * self.audio.sample_rate_hz))
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.audio.sample_rate_hz / self.frontend.hop_length
+
+    # ------------------------------------------------------------------ (de)ser
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, source: str = "config") -> "Config":
+        return _build(cls, d or {}, source)
+
+    def replace(self, overrides: dict[str, Any] | list[str] | None, source: str = "override") -> "Config":
+        """Returns a copy with ``{"section.field": value}`` or ``["section.field=value"]`` applied."""
+        if not overrides:
+            return self
+        if isinstance(overrides, (list, tuple)):
+            overrides = parse_overrides(overrides)
+        d = self.to_dict()
+        for dotted, value in overrides.items():
+            parts = dotted.split(".")
+            if len(parts) != 2:
+                raise ConfigError(f"{source}: '{dotted}' is not of the form section.field (e.g. train.epochs)")
+            section, name = parts
+            if section not in d:
+                raise ConfigError(f"{source}: unknown section '{section}'; sections are {', '.join(d)}")
+            if name not in d[section]:
+                raise ConfigError(
+                    f"{source}: unknown setting '{dotted}'; {section} has {', '.join(d[section])}")
+            d[section][name] = value
+        return Config.from_dict(d, source)
+
+
+def _build(cls, d: dict[str, Any], source: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: expected a mapping for {cls.__name__}, got {type(d).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown setting(s) {', '.join(sorted(unknown))} in {cls.__name__}; "
+            f"known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        typ = hints[f.name]
+        value = d[f.name]
+        if is_dataclass(typ):
+            kwargs[f.name] = _build(typ, value, f"{source}: {f.name}")
+        else:
+            kwargs[f.name] = _coerce(value, typ, f"{source}: {cls.__name__}.{f.name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+        if getattr(typ, "__origin__", None) is tuple:
+            if isinstance(value, str):
+                value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+            args = typ.__args__
+            return tuple(_coerce(v, args[min(i, len(args) - 1)], where) for i, v in enumerate(value))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a valid {getattr(typ, '__name__', typ)}") from None
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "data.seed=1"]`` → ``{"train.epochs": "3", ...}`` (values coerced later)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.field=value (e.g. train.epochs=3)")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Loads a YAML/JSON recipe (or the defaults when ``path`` is None) and applies overrides."""
+    if path is None:
+        cfg = Config()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: recipe file does not exist")
+        text = p.read_text(encoding="utf-8")
+        try:
+            if p.suffix.lower() == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text)
+        except Exception as e:  # noqa: BLE001 - any parser error becomes one clear message
+            raise ConfigError(f"{p}: cannot parse recipe: {e}") from None
+        data = data or {}
+        data.pop("description", None)
+        cfg = Config.from_dict(data, str(p))
+    return cfg.replace(overrides or [], "command line")
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> None:
+    """Writes JSON atomically (temp file + rename) so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_config(cfg: Config, path: str | os.PathLike, **extra: Any) -> None:
+    """Saves the config plus the package version (and any ``extra`` keys) as JSON."""
+    from birdnet_tf import __version__
+
+    save_json({"birdnet_tf_version": __version__, **extra, **cfg.to_dict()}, path)
+
+
+def read_config_json(path: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
+    """Reads a ``config.json`` written by :func:`save_config`: (config, extra keys)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no config.json there")
+    d = json.loads(p.read_text(encoding="utf-8"))
+    sections = {f.name for f in fields(Config)}
+    extra = {k: v for k, v in d.items() if k not in sections}
+    return Config.from_dict({k: v for k, v in d.items() if k in sections}, str(p)), extra

@@ -1,0 +1,343 @@
+"""Class lists and target matrices.
+
+A :class:`LabelSet` fixes the order of the classes a model predicts; it is built
+from the primary labels of a training catalog (background-only species are not
+classes), saved next to every model as ``labels.txt`` and loaded back.
+
+Targets are multi-hot: the primary species of a recording is 1.0 and background
+species that are classes get ``background_weight``; background species outside
+the label set stay in the catalog but are ignored here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from birdnet_tf.data.catalog import CatalogWarning, parse_secondary_labels
+from birdnet_tf.errors import CatalogError
+
+__all__ = [
+    "LabelSet",
+    "UnknownLabelError",
+    "background_matrix",
+    "encode_targets",
+    "filter_known",
+    "primary_indices",
+]
+
+_MAX_EXAMPLES = 5
+
+
+class UnknownLabelError(CatalogError, KeyError):
+    """A label is not in the label set (also a :class:`KeyError`)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return Exception.__str__(self)
+
+
+class LabelSet:
+    """An immutable, ordered list of class names.
+
+    Args:
+        labels: Class names in model-output order; each a non-empty string
+            without line breaks or surrounding whitespace, none repeated.
+
+    Raises:
+        CatalogError: A label is empty, not a string, has a line break or
+            surrounding whitespace, or is repeated; or there are no labels.
+
+    Example:
+        >>> labels = LabelSet(["Turdus plumbeus", "Amazona vittata"])
+        >>> labels.index("Amazona vittata")
+        1
+    """
+
+    __slots__ = ("_index", "_labels")
+
+    _labels: tuple[str, ...]
+    _index: dict[str, int]
+
+    def __init__(self, labels: Iterable[str]) -> None:
+        values = tuple(labels)
+        if not values:
+            raise CatalogError("a label set needs at least one class")
+        index: dict[str, int] = {}
+        for position, label in enumerate(values):
+            if not isinstance(label, str) or not label or label != label.strip() or "\n" in label or "\r" in label:
+                raise CatalogError(f"invalid class label {label!r} at position {position}")
+            if label in index:
+                raise CatalogError(f"class label {label!r} is repeated (positions {index[label]} and {position})")
+            index[label] = position
+        object.__setattr__(self, "_labels", values)
+        object.__setattr__(self, "_index", index)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("LabelSet is immutable")
+
+    @classmethod
+    def from_catalog(cls, df: pd.DataFrame) -> LabelSet:
+        """Builds the label set of a catalog: its sorted unique primary labels.
+
+        Args:
+            df: A catalog with a ``primary_label`` column.
+
+        Raises:
+            CatalogError: The catalog has no ``primary_label`` column or no
+                non-missing primary labels.
+        """
+        if "primary_label" not in df.columns:
+            raise CatalogError(f"catalog has no 'primary_label' column (columns: {', '.join(map(str, df.columns))})")
+        labels = sorted({str(v).strip() for v in df["primary_label"].tolist() if not _is_missing(v)} - {""})
+        if not labels:
+            raise CatalogError("catalog has no primary labels")
+        return cls(labels)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LabelSet:
+        """Reads a label file written by :meth:`save` (one label per line, UTF-8).
+
+        Blank lines and surrounding whitespace are ignored.
+
+        Raises:
+            CatalogError: The file is missing, not UTF-8, empty or repeats a label.
+        """
+        source = Path(path)
+        try:
+            text = source.read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise CatalogError(f"{source}: label file does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CatalogError(f"{source}: cannot read label file: {exc}") from None
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+        if not labels:
+            raise CatalogError(f"{source}: label file is empty")
+        try:
+            return cls(labels)
+        except CatalogError as exc:
+            raise CatalogError(f"{source}: {exc}") from None
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes one label per line (UTF-8, ``\\n``), atomically."""
+        target = Path(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+                handle.write("".join(f"{label}\n" for label in self._labels))
+            os.replace(tmp_name, target)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The class names in order."""
+        return self._labels
+
+    def index(self, label: str) -> int:
+        """Returns the position of ``label``.
+
+        Raises:
+            UnknownLabelError: ``label`` is not a class.
+        """
+        try:
+            return self._index[label]
+        except (KeyError, TypeError):
+            raise UnknownLabelError(f"label {label!r} is not in the label set ({len(self)} classes)") from None
+
+    def __contains__(self, label: object) -> bool:
+        return isinstance(label, str) and label in self._index
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._labels)
+
+    def __getitem__(self, position: int) -> str:
+        return self._labels[position]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LabelSet):
+            return NotImplemented
+        return self._labels == other._labels
+
+    def __hash__(self) -> int:
+        return hash(self._labels)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(repr(label) for label in self._labels[:3])
+        more = f", ... ({len(self)} classes)" if len(self) > 3 else ""
+        return f"LabelSet([{shown}{more}])"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and value != value
+
+
+def _keys(df: pd.DataFrame) -> list[str]:
+    """Names for rows in messages: the ``key`` column, else the index."""
+    if "key" in df.columns:
+        return [str(k) for k in df["key"].tolist()]
+    return [f"row {i}" for i in df.index.tolist()]
+
+
+def _primary_list(df: pd.DataFrame) -> list[Any]:
+    if "primary_label" not in df.columns:
+        raise CatalogError(f"catalog has no 'primary_label' column (columns: {', '.join(map(str, df.columns))})")
+    return [v if _is_missing(v) else str(v).strip() for v in df["primary_label"].tolist()]
+
+
+def _unknown_rows(primaries: list[Any], labels: LabelSet) -> list[int]:
+    return [i for i, label in enumerate(primaries) if label not in labels]
+
+
+def _unknown_message(df: pd.DataFrame, primaries: list[Any], unknown: list[int], labels: LabelSet) -> str:
+    keys = _keys(df)
+    examples = ", ".join(f"{primaries[i]!s} ({keys[i]})" for i in unknown[:_MAX_EXAMPLES])
+    more = ", ..." if len(unknown) > _MAX_EXAMPLES else ""
+    distinct = sorted({str(primaries[i]) for i in unknown})
+    return (
+        f"{len(unknown)} of {len(primaries)} recordings have a primary label that is not in the "
+        f"label set of {len(labels)} classes ({len(distinct)} distinct: {', '.join(distinct[:_MAX_EXAMPLES])}"
+        f"{', ...' if len(distinct) > _MAX_EXAMPLES else ''}); e.g. {examples}{more}"
+    )
+
+
+def _check_known(df: pd.DataFrame, labels: LabelSet, primaries: list[Any]) -> None:
+    unknown = _unknown_rows(primaries, labels)
+    if unknown:
+        raise UnknownLabelError(_unknown_message(df, primaries, unknown, labels))
+
+
+# --------------------------------------------------------------------------- public functions
+
+
+def primary_indices(df: pd.DataFrame, labels: LabelSet) -> np.ndarray:
+    """Class index of every row's primary label.
+
+    Args:
+        df: A catalog.
+        labels: The classes.
+
+    Returns:
+        ``int64 [n]``.
+
+    Raises:
+        UnknownLabelError: A primary label is not a class (names the label and
+            the row's key, and how many rows are affected).
+    """
+    primaries = _primary_list(df)
+    _check_known(df, labels, primaries)
+    return np.asarray([labels.index(p) for p in primaries], dtype=np.int64)
+
+
+def background_matrix(df: pd.DataFrame, labels: LabelSet) -> np.ndarray:
+    """Which classes are background species of each row.
+
+    Background species outside the label set are ignored, and the primary
+    species is never marked as background.
+
+    Args:
+        df: A catalog; ``secondary_labels`` as lists or strings (absent = none).
+        labels: The classes.
+
+    Returns:
+        ``bool [n, len(labels)]``.
+    """
+    primaries = _primary_list(df)
+    matrix = np.zeros((len(df), len(labels)), dtype=bool)
+    if "secondary_labels" not in df.columns:
+        return matrix
+    for row, (value, primary) in enumerate(zip(df["secondary_labels"].tolist(), primaries)):
+        for name in parse_secondary_labels(value, primary=primary if isinstance(primary, str) else None):
+            if name in labels:
+                matrix[row, labels.index(name)] = True
+    return matrix
+
+
+def encode_targets(
+    df: pd.DataFrame,
+    labels: LabelSet,
+    background_weight: float = 0.5,
+    unknown: Literal["error", "skip"] = "error",
+) -> np.ndarray:
+    """Multi-hot training targets.
+
+    Args:
+        df: A catalog.
+        labels: The classes.
+        background_weight: Target of background species that are classes, in
+            [0, 1]; it never lowers a primary's 1.0.
+        unknown: What to do with a primary label that is not a class:
+            ``"error"`` raises; ``"skip"`` leaves the primary out (the row then
+            holds only its background species, or zeros). Use
+            :func:`filter_known` to drop such rows beforehand.
+
+    Returns:
+        ``float32 [n, len(labels)]``.
+
+    Raises:
+        UnknownLabelError: With ``unknown="error"``, a primary label is not a
+            class (names the label, the row's key and how many rows).
+        ValueError: ``background_weight`` outside [0, 1] or ``unknown`` invalid.
+    """
+    if not 0.0 <= background_weight <= 1.0:
+        raise ValueError(f"background_weight must lie in [0, 1], got {background_weight}")
+    if unknown not in ("error", "skip"):
+        raise ValueError(f"unknown must be 'error' or 'skip', got {unknown!r}")
+    primaries = _primary_list(df)
+    if unknown == "error":
+        _check_known(df, labels, primaries)
+    targets = background_matrix(df, labels).astype(np.float32) * np.float32(background_weight)
+    for row, primary in enumerate(primaries):
+        if primary in labels:
+            targets[row, labels.index(primary)] = 1.0
+    return targets
+
+
+def filter_known(
+    df: pd.DataFrame,
+    labels: LabelSet,
+    on_unknown: Literal["error", "warn", "ignore"] = "warn",
+) -> pd.DataFrame:
+    """Drops rows whose primary label is not a class.
+
+    Args:
+        df: A catalog.
+        labels: The classes.
+        on_unknown: ``"warn"`` drops them with one :class:`CatalogWarning`
+            (count and examples); ``"ignore"`` drops them silently; ``"error"``
+            raises instead.
+
+    Returns:
+        A copy of the known rows (index kept).
+
+    Raises:
+        UnknownLabelError: With ``on_unknown="error"`` and unknown labels.
+    """
+    if on_unknown not in ("error", "warn", "ignore"):
+        raise ValueError(f"on_unknown must be 'error', 'warn' or 'ignore', got {on_unknown!r}")
+    primaries = _primary_list(df)
+    unknown = _unknown_rows(primaries, labels)
+    if unknown:
+        message = _unknown_message(df, primaries, unknown, labels)
+        if on_unknown == "error":
+            raise UnknownLabelError(message)
+        if on_unknown == "warn":
+            warnings.warn(f"{message}; these rows are dropped", CatalogWarning, stacklevel=2)
+    keep = np.ones(len(df), dtype=bool)
+    keep[unknown] = False
+    return df.loc[keep].copy()

@@ -1,0 +1,150 @@
+"""The one place where tf.data pipelines are composed.
+
+Prepared datasets hold mono 16-bit PCM WAV at the model's rate, which
+``tf.audio.decode_wav`` reads. Training draws random fixed-length excerpts (short
+files are looped) and augments them; evaluation cuts deterministic windows. The
+spectrogram is computed inside the model, so batches here are raw waveforms
+``(batch, samples)`` with multi-hot targets ``(batch, classes)``.
+"""
+
+from __future__ import annotations
+
+import math
+import wave
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from birdnet_tf.config import Config
+from birdnet_tf.data.augment import augment_waveform
+from birdnet_tf.errors import AudioDecodeError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+# ----------------------------------------------------------------- file helpers
+def wav_num_samples(path: str) -> int:
+    """Number of frames in a 16-bit PCM WAV, read from its header."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            return w.getnframes()
+    except (OSError, EOFError, wave.Error) as e:
+        raise AudioDecodeError(f"{path}: not a readable prepared WAV file ({e})") from None
+
+
+def decode_wav(path: tf.Tensor) -> tf.Tensor:
+    """Reads a 16-bit PCM WAV file → float32 mono ``(samples,)``."""
+    audio, _ = tf.audio.decode_wav(tf.io.read_file(path), desired_channels=1)
+    return audio[:, 0]
+
+
+def loop_to_length(x: tf.Tensor, n: int) -> tf.Tensor:
+    """Repeats ``x`` until it has at least ``n`` samples (no-op for long inputs)."""
+    length = tf.maximum(tf.shape(x)[0], 1)
+    x = tf.cond(tf.shape(x)[0] > 0, lambda: x, lambda: tf.zeros((1,), x.dtype))
+    reps = (n + length - 1) // length
+    return tf.tile(x, [tf.maximum(reps, 1)])
+
+
+def random_excerpt(x: tf.Tensor, n: int) -> tf.Tensor:
+    """A uniformly placed excerpt of ``n`` samples; shorter inputs are looped first."""
+    x = loop_to_length(x, n)
+    start = tf.random.uniform((), 0, tf.shape(x)[0] - n + 1, dtype=tf.int32)
+    return x[start:start + n]
+
+
+def window_starts(n_samples: int, window: int, hop: int, max_windows: int | None = None) -> np.ndarray:
+    """Start samples of evaluation windows covering a file of ``n_samples``.
+
+    Windows advance by ``hop``; a last window is aligned to the file's end so the tail
+    is covered. Files shorter than one window get one window (looped when read).
+    With ``max_windows``, that many windows are spread evenly over the file.
+    """
+    if n_samples <= window:
+        return np.zeros(1, np.int64)
+    starts = np.arange(0, n_samples - window + 1, max(1, hop), dtype=np.int64)
+    if starts[-1] + window < n_samples:
+        starts = np.append(starts, n_samples - window)
+    if max_windows and len(starts) > max_windows:
+        idx = np.unique(np.round(np.linspace(0, len(starts) - 1, max_windows)).astype(int))
+        starts = starts[idx]
+    return starts
+
+
+# ------------------------------------------------------------------ datasets
+def excerpts_per_file(durations_s: np.ndarray, cfg: Config) -> np.ndarray:
+    """How many excerpts each file contributes to one training epoch."""
+    d = cfg.data
+    n = np.ceil(np.asarray(durations_s, float) / max(d.excerpts_per_file_s, 1e-6)).astype(int)
+    return np.clip(n, d.min_excerpts_per_file, max(d.min_excerpts_per_file, d.max_excerpts_per_file))
+
+
+def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndarray, cfg: Config,
+                     training: bool = True, repeat: bool = False) -> tf.data.Dataset:
+    """Batches of ``(waveform (B, samples), targets (B, classes))`` for ``model.fit``.
+
+    One pass = one epoch: every file appears :func:`excerpts_per_file` times, in a new
+    random order each pass, each time with a new random excerpt and augmentation.
+    """
+    reps = excerpts_per_file(durations_s, cfg)
+    idx = np.repeat(np.arange(len(paths)), reps)
+    n = cfg.excerpt_samples
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths)[idx], np.asarray(targets, np.float32)[idx]))
+    ds = ds.shuffle(len(idx), seed=cfg.data.seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def load(path, target):
+        x = random_excerpt(decode_wav(path), n)
+        x = augment_waveform(x, cfg.augment, training)
+        return tf.ensure_shape(x, (n,)), target
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
+    return ds.batch(cfg.data.batch_size, drop_remainder=False).prefetch(AUTOTUNE)
+
+
+def steps_in_epoch(durations_s: np.ndarray, cfg: Config) -> int:
+    return max(1, math.ceil(int(excerpts_per_file(durations_s, cfg).sum()) / cfg.data.batch_size))
+
+
+@dataclass
+class WindowSet:
+    """Evaluation windows of a list of files: ``dataset`` yields ``(B, samples)`` batches in
+    order; ``file_index[i]`` and ``start_s[i]`` say which file and where window ``i`` is."""
+
+    dataset: tf.data.Dataset
+    file_index: np.ndarray
+    start_s: np.ndarray
+
+
+def evaluation_windows(paths: list[str], cfg: Config, window_s: float | None = None,
+                       hop_s: float | None = None, max_windows: int | None = -1,
+                       batch_size: int | None = None) -> WindowSet:
+    """Deterministic windows over prepared WAV files, each file decoded once.
+
+    Args:
+        paths: Prepared 16-bit WAV files at the model's rate.
+        window_s, hop_s: Window length and hop (default: the config's excerpt and eval hop).
+        max_windows: Cap per file (default -1: the config's ``max_eval_windows``; None: no cap).
+    """
+    sr = cfg.audio.sample_rate_hz
+    window = int(round((window_s or cfg.data.excerpt_s) * sr))
+    hop = int(round((hop_s or cfg.data.eval_hop_s) * sr))
+    if max_windows == -1:
+        max_windows = cfg.data.max_eval_windows
+    starts = [window_starts(wav_num_samples(p), window, hop, max_windows) for p in paths]
+    counts = np.array([len(s) for s in starts], np.int64)
+    flat = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+    ragged = tf.RaggedTensor.from_row_lengths(flat, counts)
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), ragged))
+
+    def cut(path, file_starts):
+        x = loop_to_length(decode_wav(path), window)
+        x = tf.pad(x, [[0, tf.maximum(0, tf.cast(tf.reduce_max(file_starts), tf.int32) + window - tf.shape(x)[0])]])
+        idx = tf.cast(file_starts, tf.int32)[:, None] + tf.range(window)[None, :]
+        return tf.gather(x, idx)
+
+    ds = ds.map(cut, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
+    ds = ds.batch(batch_size or cfg.data.batch_size).prefetch(AUTOTUNE)
+    return WindowSet(ds, np.repeat(np.arange(len(paths)), counts), flat / sr)

@@ -1,0 +1,118 @@
+"""``birdnet-tf evaluate``: file-level scores of a run's model, metrics, report and plots."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from birdnet_tf.config import read_config_json
+from birdnet_tf.errors import BirdnetError
+from birdnet_tf.evaluate.pooling import POOLINGS, pool
+
+
+def pool_by_file(window_scores: np.ndarray, file_index: np.ndarray, n_files: int, method: str) -> np.ndarray:
+    """Pools ``[windows, classes]`` scores into ``[n_files, classes]`` by ``file_index``."""
+    out = np.zeros((n_files, window_scores.shape[1]), np.float64)
+    order = np.argsort(file_index, kind="stable")
+    bounds = np.searchsorted(file_index[order], np.arange(n_files + 1))
+    for i in range(n_files):
+        rows = order[bounds[i]:bounds[i + 1]]
+        if len(rows):
+            out[i] = pool(window_scores[rows], method)
+    return out
+
+
+def predict_windows(model, windows) -> np.ndarray:
+    """Scores of every window of a :class:`~birdnet_tf.data.pipeline.WindowSet`: ``[windows, classes]``."""
+    return np.asarray(model.predict(windows.dataset, verbose=0), np.float64)
+
+
+def score_windows(model, windows, n_files: int, method: str) -> np.ndarray:
+    return pool_by_file(predict_windows(model, windows), windows.file_index, n_files, method)
+
+
+def _split_rows(run_dir: Path, split: str, cfg, extra: dict, log) -> pd.DataFrame:
+    from birdnet_tf.data.dataset import prepared_catalog
+
+    table = pd.read_csv(run_dir / "split.csv", keep_default_na=False)
+    rows = table if split == "all" else table[table["split"] == split]
+    if rows.empty:
+        raise BirdnetError(f"{run_dir / 'split.csv'}: no files in split '{split}' (choose val, train or all)")
+    if not all(Path(p).is_file() for p in rows["wav_path"]):
+        # the prepared cache was removed or the run moved: prepare the data folder again
+        catalog = prepared_catalog(extra.get("data_dir", ""), cfg.audio.sample_rate_hz, log=log)
+        where = dict(zip(catalog["key"], catalog["wav_path"]))
+        rows = rows[rows["key"].isin(where)].copy()
+        rows["wav_path"] = rows["key"].map(where)
+    rows = rows.copy()
+    rows["secondary_labels"] = [[s for s in str(v).split(";") if s] for v in rows["secondary_labels"]]
+    return rows.reset_index(drop=True)
+
+
+def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | None = None,
+                 model_file: str = "best.keras", out_dir: str | os.PathLike | None = None, log=print) -> dict:
+    """Evaluates a run's model on its validation files (or ``train`` / ``all``).
+
+    Scores every evaluation window, pools the windows of each file with every method of
+    :data:`~birdnet_tf.evaluate.pooling.POOLINGS`, and reports the metrics of ``pooling``
+    (default: the config's ``data.file_pooling``) with the others side by side.
+
+    Returns:
+        The metrics dict also written to ``report.json``, plus ``report_dir``.
+    """
+    from birdnet_tf.models.build import load_keras_model
+
+    from birdnet_tf.data.labels import LabelSet, background_matrix, primary_indices
+    from birdnet_tf.data.pipeline import evaluation_windows
+    from birdnet_tf.evaluate.metrics import evaluate_scores
+    from birdnet_tf.evaluate.report import write_report
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise BirdnetError(f"{run_dir}: not a run folder (no config.json)")
+    model_path = run_dir / model_file
+    if not model_path.is_file():
+        raise BirdnetError(f"{model_path}: no model to evaluate (has training finished an epoch?)")
+    cfg, extra = read_config_json(run_dir / "config.json")
+    pooling = pooling or cfg.data.file_pooling
+    pool(np.zeros((1, 1)), pooling)  # validates the name before any work
+    labels = LabelSet.load(run_dir / "labels.txt")
+    rows = _split_rows(run_dir, split, cfg, extra, log)
+    model = load_keras_model(model_path)
+    windows = evaluation_windows(list(rows["wav_path"]), cfg, max_windows=None)
+    scores_w = predict_windows(model, windows)
+    primary, background = primary_indices(rows, labels), background_matrix(rows, labels)
+
+    by_pooling = {}
+    for method in dict.fromkeys([pooling, *POOLINGS]):
+        m = evaluate_scores(pool_by_file(scores_w, windows.file_index, len(rows), method), primary, background)
+        by_pooling[method] = {k: v for k, v in m.items() if k != "per_class_ap"}
+    file_scores = pool_by_file(scores_w, windows.file_index, len(rows), pooling)
+    metrics = evaluate_scores(file_scores, primary, background)
+    metrics.update(split=split, pooling=pooling, model=str(model_path), n_windows=int(len(scores_w)),
+                   by_pooling=by_pooling)
+    out = Path(out_dir) if out_dir else run_dir / "eval"
+    history = run_dir / "history.csv"
+    written = write_report(out, metrics, list(labels),
+                           per_file={"scores": file_scores, "primary_idx": primary, "files": list(rows["key"])},
+                           history_csv=history if history.exists() else None)
+    pd.DataFrame(file_scores, columns=list(labels)).assign(file=list(rows["key"])).set_index("file").to_csv(
+        out / "scores.csv", float_format="%.6f")
+    log(format_metrics(metrics, by_pooling))
+    log(f"report: {written['report']}  plots: {', '.join(str(p) for k, p in written.items() if str(p).endswith('.png'))}")
+    return {**metrics, "report_dir": out}
+
+
+def format_metrics(metrics: dict, by_pooling: dict | None = None) -> str:
+    keys = ("mlrap", "mlrap_bg", "mrr", "cmap", "top1", "top5")
+    lines = [f"{metrics.get('n_files')} files, pooling {metrics.get('pooling')}: "
+             + "  ".join(f"{k} {metrics[k]:.3f}" for k in keys if metrics.get(k) is not None)]
+    if by_pooling:
+        lines.append("  pooling      " + "  ".join(f"{k:>8}" for k in keys))
+        for name, m in by_pooling.items():
+            lines.append(f"  {name:<12} " + "  ".join(f"{m[k]:8.3f}" if m.get(k) is not None else f"{'-':>8}"
+                                                     for k in keys))
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""Spectrogram frontend as Keras layers in TensorFlow ops.
+
+Shape contract: ``(batch, samples)`` float32 waveform in [-1, 1] at the model's rate →
+``(batch, frames, mels)`` float32, ``frames = 1 + (max(samples, n_fft) - n_fft) // hop``.
+
+Because the frontend is part of the model it runs wherever the model runs (on the
+GPU when there is one), and an exported SavedModel takes a raw waveform. All layers
+here compute in float32 even under a mixed-precision policy: an STFT in float16
+loses the quiet bands birds live in.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from birdnet_tf.config import AugmentConfig, Config, FrontendConfig
+
+PACKAGE = "birdnet_tf"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MelSpectrogram(keras.layers.Layer):
+    """Waveform → mel spectrogram (HTK mel scale, triangular filters without area normalisation).
+
+    Matches ``librosa.feature.melspectrogram(htk=True, norm=None, center=False)``
+    with a periodic Hann window.
+
+    Args:
+        sample_rate_hz: Sampling rate of the input waveform.
+        n_fft: STFT frame length and FFT size in samples.
+        hop_length: Samples between frames.
+        n_mels: Number of mel bands.
+        fmin_hz, fmax_hz: Edges of the filterbank.
+        power: 1 for magnitude, 2 for power.
+    """
+
+    def __init__(self, sample_rate_hz=22050, n_fft=1024, hop_length=315, n_mels=80,
+                 fmin_hz=150.0, fmax_hz=10000.0, power=2.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if not 0 <= fmin_hz < fmax_hz <= sample_rate_hz / 2:
+            raise ValueError(
+                f"mel band edges must satisfy 0 <= fmin ({fmin_hz}) < fmax ({fmax_hz}) <= "
+                f"sample_rate/2 ({sample_rate_hz / 2})")
+        self.sample_rate_hz = int(sample_rate_hz)
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length)
+        self.n_mels = int(n_mels)
+        self.fmin_hz = float(fmin_hz)
+        self.fmax_hz = float(fmax_hz)
+        self.power = float(power)
+        self.mel_matrix = tf.signal.linear_to_mel_weight_matrix(
+            num_mel_bins=self.n_mels, num_spectrogram_bins=self.n_fft // 2 + 1,
+            sample_rate=self.sample_rate_hz, lower_edge_hertz=self.fmin_hz,
+            upper_edge_hertz=self.fmax_hz, dtype=tf.float32)
+
+    def call(self, waveform):
+        x = tf.cast(waveform, tf.float32)
+        # Inputs shorter than one frame are zero-padded to a single frame.
+        short = tf.maximum(self.n_fft - tf.shape(x)[-1], 0)
+        x = tf.pad(x, [[0, 0], [0, short]])
+        stft = tf.signal.stft(x, frame_length=self.n_fft, frame_step=self.hop_length,
+                              fft_length=self.n_fft, window_fn=tf.signal.hann_window, pad_end=False)
+        mag = tf.abs(stft)
+        if self.power == 2.0:
+            spec = tf.square(mag)
+        elif self.power == 1.0:
+            spec = mag
+        else:
+            spec = tf.pow(mag, self.power)
+        return tf.tensordot(spec, self.mel_matrix, axes=1)
+
+    def compute_output_shape(self, input_shape):
+        n = input_shape[-1]
+        frames = None if n is None else 1 + (max(n, self.n_fft) - self.n_fft) // self.hop_length
+        return (input_shape[0], frames, self.n_mels)
+
+    def get_config(self):
+        return {**super().get_config(), "sample_rate_hz": self.sample_rate_hz, "n_fft": self.n_fft,
+                "hop_length": self.hop_length, "n_mels": self.n_mels, "fmin_hz": self.fmin_hz,
+                "fmax_hz": self.fmax_hz, "power": self.power}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class MagnitudeScaling(keras.layers.Layer):
+    """Compression of mel energies: ``log`` (log(x + offset)), ``log1p`` or ``none``."""
+
+    KINDS = ("log", "log1p", "none")
+
+    def __init__(self, kind="log", offset=1e-6, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown magnitude scaling '{kind}'; choose one of {', '.join(self.KINDS)}")
+        self.kind = kind
+        self.offset = float(offset)
+
+    def call(self, x):
+        if self.kind == "log":
+            return tf.math.log(x + self.offset)
+        if self.kind == "log1p":
+            return tf.math.log1p(x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "offset": self.offset}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SpecAugment(keras.layers.Layer):
+    """SpecAugment-style frequency and time masks on ``(batch, frames, bands)``; training only.
+
+    With probability ``prob`` per example, ``freq_masks`` bands of up to ``freq_mask_bins``
+    and ``time_masks`` spans of up to ``time_mask_frames`` are set to the example's mean.
+    The identity when ``training`` is false or ``prob`` is 0.
+    """
+
+    def __init__(self, prob=0.5, freq_masks=2, freq_mask_bins=8, time_masks=2, time_mask_frames=25,
+                 seed=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.prob = float(prob)
+        self.freq_masks = int(freq_masks)
+        self.freq_mask_bins = int(freq_mask_bins)
+        self.time_masks = int(time_masks)
+        self.time_mask_frames = int(time_mask_frames)
+        self.seed = seed
+
+    def _masks(self, batch, length, count, width):
+        """Boolean ``(batch, length)``: True where any of ``count`` random spans covers."""
+        pos = tf.range(length)[None, :]
+        covered = tf.zeros((batch, length), tf.bool)
+        for _ in range(count):
+            w = tf.random.uniform((batch, 1), 0, width + 1, dtype=tf.int32)
+            room = tf.cast(tf.maximum(length - w, 0) + 1, tf.float32)
+            start = tf.cast(tf.floor(tf.random.uniform((batch, 1)) * room), tf.int32)
+            covered = covered | ((pos >= start) & (pos < start + w))
+        return covered
+
+    def call(self, x, training=None):
+        if not training or self.prob <= 0 or (self.freq_masks + self.time_masks) == 0:
+            return x
+        shape = tf.shape(x)
+        batch, frames, bands = shape[0], shape[1], shape[2]
+        apply = tf.random.uniform((batch, 1, 1)) < self.prob
+        fmask = self._masks(batch, bands, self.freq_masks, self.freq_mask_bins)[:, None, :]
+        tmask = self._masks(batch, frames, self.time_masks, self.time_mask_frames)[:, :, None]
+        mask = (fmask | tmask) & apply
+        fill = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        return tf.where(mask, fill, x)
+
+    def get_config(self):
+        return {**super().get_config(), "prob": self.prob, "freq_masks": self.freq_masks,
+                "freq_mask_bins": self.freq_mask_bins, "time_masks": self.time_masks,
+                "time_mask_frames": self.time_mask_frames, "seed": self.seed}
+
+
+def frontend_layers(cfg: Config) -> list[keras.layers.Layer]:
+    """The frontend stack for a config: mel → magnitude scaling → per-band standardisation."""
+    fe: FrontendConfig = cfg.frontend
+    layers = [
+        MelSpectrogram(cfg.audio.sample_rate_hz, fe.n_fft, fe.hop_length, fe.n_mels,
+                       fe.fmin_hz, fe.fmax_hz, fe.power, name="mel"),
+        MagnitudeScaling(fe.magnitude, fe.log_offset, name="magnitude"),
+    ]
+    if fe.band_norm:
+        # OFAI: batch normalisation without scale and shift = standardisation per band
+        layers.append(keras.layers.BatchNormalization(axis=-1, center=False, scale=False,
+                                                      dtype="float32", name="band_norm"))
+    return layers
+
+
+def spec_augment_layer(aug: AugmentConfig) -> SpecAugment:
+    return SpecAugment(aug.mask_prob, aug.freq_masks, aug.freq_mask_bins, aug.time_masks,
+                       aug.time_mask_frames, name="spec_augment")

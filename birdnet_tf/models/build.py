@@ -1,0 +1,82 @@
+"""Builds the full waveform → scores model for a config."""
+
+from __future__ import annotations
+
+import keras
+
+from birdnet_tf.config import Config
+from birdnet_tf.frontend import frontend_layers, spec_augment_layer
+from birdnet_tf.models.layers import TemporalPooling
+from birdnet_tf.models.registry import get_backbone
+
+
+def build_model(cfg: Config, n_classes: int, name: str | None = None) -> keras.Model:
+    """Functional model: ``waveform (batch, samples)`` → ``scores (batch, n_classes)``.
+
+    Inside: frontend → SpecAugment (training only) → backbone → per-step logits
+    (layer ``frame_logits``, ``(batch, steps, classes)``) → temporal pooling → activation.
+    The time axis is dynamic, so the model accepts any length of at least one
+    receptive field (see :func:`min_samples`).
+    """
+    if n_classes < 1:
+        raise ValueError("a model needs at least one class")
+    backbone = get_backbone(cfg.model.name)
+    wave = keras.Input(shape=(None,), dtype="float32", name="waveform")
+    x = wave
+    for layer in frontend_layers(cfg):
+        x = layer(x)
+    x = spec_augment_layer(cfg.augment)(x)
+    feats = backbone(x, cfg)
+    logits = keras.layers.Dense(n_classes, name="frame_logits")(feats)
+    pooled = TemporalPooling(cfg.model.temporal_pooling, name="temporal_pooling")(logits)
+    act = cfg.model.output_activation
+    if act not in ("sigmoid", "softmax"):
+        from birdnet_tf.errors import ConfigError
+
+        raise ConfigError(f"model.output_activation must be sigmoid or softmax, not '{act}'")
+    scores = keras.layers.Activation(act, dtype="float32", name="scores")(pooled)
+    return keras.Model(wave, scores, name=name or cfg.model.name)
+
+
+def min_samples(model: keras.Model, cfg: Config) -> int:
+    """Smallest waveform length ``model`` accepts (one receptive field), in samples.
+
+    Found by bisection over whole frames on symbolic shapes, so nothing is computed.
+    """
+    hop, n_fft = cfg.frontend.hop_length, cfg.frontend.n_fft
+
+    def ok(frames: int) -> bool:
+        try:
+            model.compute_output_shape((1, n_fft + (frames - 1) * hop))
+            return True
+        except ValueError:
+            return False
+
+    lo, hi = 1, 1
+    while not ok(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1 << 20:
+            raise RuntimeError("the model accepts no input length up to 2^20 frames")
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return n_fft + (hi - 1) * hop
+
+
+def load_keras_model(path) -> keras.Model:
+    """Loads a ``.keras`` model saved by birdnet-tf (registers the custom layers first)."""
+    from pathlib import Path
+
+    import birdnet_tf.frontend  # noqa: F401 - registers the frontend layers
+    import birdnet_tf.models.layers  # noqa: F401 - registers the head layers
+    from birdnet_tf.errors import BirdnetError
+
+    if not Path(path).is_file():
+        raise BirdnetError(f"{path}: model file does not exist")
+    try:
+        return keras.models.load_model(str(path))
+    except (ValueError, OSError, TypeError) as e:
+        raise BirdnetError(f"{path}: cannot load model ({str(e).splitlines()[0][:200]})") from None

@@ -1,0 +1,41 @@
+"""Installs the birdnet_tf package and the ``birdnet-tf`` command."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "birdnet_tf" / "__init__.py").read_text()).group(1)
+
+# Runtime pins: a set measured to resolve and work together on Python 3.11
+# (see README "Dependencies"). tensorflow-io is deliberately absent.
+INSTALL_REQUIRES = [
+    "tensorflow==2.21.0",
+    "keras==3.15.1",
+    "numpy==2.4.6",
+    "pandas==3.1.1",
+    "soundfile==0.14.0",
+    "soxr==1.1.0",
+    "tqdm==4.70.1",
+    "pyyaml==6.0.3",
+    "matplotlib==3.11.2",
+    "tensorboard==2.21.0",
+]
+EXTRAS = {
+    # reference implementations used by tests and benchmarks
+    "dev": ["pytest==9.2.0", "librosa==0.11.0", "scikit-learn==1.9.1", "scipy==1.17.1"],
+}
+
+setup(
+    name="birdnet-tf",
+    version=VERSION,
+    description="Bird species recognition from audio recordings with TensorFlow 2 / Keras 3",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["birdnet_tf", "birdnet_tf.*"]),
+    package_data={"birdnet_tf": ["recipes/*.yaml"]},
+    python_requires=">=3.11,<3.13",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["birdnet-tf=birdnet_tf.cli:main"]},
+)
