@@ -1,0 +1,455 @@
+"""The ``prepare`` stage: decode a dataset's audio once into 16-bit mono WAV.
+
+Every source file (any format :func:`~birdnet_tf.data.audio.load_audio` reads)
+is decoded, down-mixed, resampled to one rate and written as
+``out_dir/<key with suffix .wav>``. The job is parallel, resumable (valid
+outputs from an earlier run are kept) and never stops on a bad file: failures
+are recorded with their reason and reported at the end.
+
+Files written in ``out_dir`` besides the WAVs:
+
+* ``.birdnet_tf_prepared.json`` - a marker holding the sample rate; a later run
+  with another rate into the same folder is refused.
+* ``prepare_report.json`` - counts and failures of the latest run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import json
+import multiprocessing
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from tqdm.auto import tqdm
+
+from birdnet_tf.data.audio import load_audio, read_wav_header, temp_file_beside, write_wav16
+from birdnet_tf.errors import BirdnetError
+
+__all__ = ["MARKER_NAME", "REPORT_NAME", "PrepareResult", "prepare", "output_path_for"]
+
+#: Marker file in ``out_dir`` that records the sample rate of its WAVs.
+MARKER_NAME = ".birdnet_tf_prepared.json"
+#: Report of the latest run, written in ``out_dir``.
+REPORT_NAME = "prepare_report.json"
+_MARKER_FORMAT = "wav-pcm16-mono"
+
+
+@dataclass
+class PrepareResult:
+    """What a :func:`prepare` run produced.
+
+    Attributes:
+        out_dir: The output folder.
+        sample_rate_hz: Sample rate of every WAV in ``done``, in Hz.
+        done: For every source that has a valid WAV (converted in this run or
+            kept from an earlier one): ``key -> (wav_path, duration_s)``.
+        failed: ``(key, source_path, reason)`` for every source that could not
+            be converted; ``reason`` is one line.
+        converted: Number of files decoded and written in this run.
+        skipped: Number of files whose valid WAV from an earlier run was kept.
+        elapsed_s: Wall-clock time of the run in seconds.
+    """
+
+    out_dir: Path
+    sample_rate_hz: int
+    done: dict[str, tuple[Path, float]] = field(default_factory=dict)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    converted: int = 0
+    skipped: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def total_duration_s(self) -> float:
+        """Summed duration of all WAVs in ``done``, in seconds."""
+        return float(sum(d for _, d in self.done.values()))
+
+    def summary(self) -> str:
+        """A multi-line, human-readable account of the run.
+
+        Returns:
+            Lines with the number converted, already done and failed, then one
+            line per failure with its key, source path and reason.
+        """
+        lines = [
+            f"prepare: {len(self.done) + len(self.failed)} files -> {self.out_dir} "
+            f"({self.sample_rate_hz} Hz, 16-bit mono WAV), {self.elapsed_s:.1f} s",
+            f"  {self.converted} converted",
+            f"  {self.skipped} already done (kept)",
+            f"  {len(self.failed)} failed",
+        ]
+        for key, src, reason in self.failed:
+            lines.append(f"    {key} ({src}): {reason}")
+        if self.done:
+            lines.append(f"  total audio: {self.total_duration_s / 3600:.2f} h in {len(self.done)} files")
+        return "\n".join(lines)
+
+
+def output_path_for(out_dir: str | os.PathLike, key: str) -> Path:
+    """The WAV path that :func:`prepare` writes for ``key``.
+
+    Args:
+        out_dir: The output folder.
+        key: Relative path of the source, e.g. ``"audio/XC1192.mp3"``.
+
+    Returns:
+        ``out_dir / key`` with its suffix replaced by ``.wav``.
+    """
+    rel = PurePosixPath(str(key).replace("\\", "/"))
+    return Path(out_dir).joinpath(*rel.parts).with_suffix(".wav")
+
+
+# --------------------------------------------------------------------------
+# Worker
+# --------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _convert_one(source: str, output: str, sample_rate_hz: int) -> tuple[float | None, str | None, list[str]]:
+    """Decodes ``source`` and writes ``output``; runs in a worker process.
+
+    Returns:
+        ``(duration_s, error, warnings)``: ``duration_s`` of the written WAV in
+        seconds (``None`` on failure), a one-line ``error`` (``None`` on
+        success) and the texts of warnings raised while decoding, which the
+        parent re-issues.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            audio, rate = load_audio(source, sample_rate_hz)
+            out = Path(output)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_wav16(out, audio, rate)
+            result: tuple[float | None, str | None] = (audio.shape[0] / rate, None)
+        except BirdnetError as e:
+            # Messages name the source path; keep only the problem.
+            msg = _one_line(str(e))
+            prefix = f"{source}: "
+            result = (None, msg[len(prefix):] if msg.startswith(prefix) else msg)
+        except MemoryError:
+            result = (None, "out of memory while decoding")
+        except Exception as e:  # noqa: BLE001 - one file must never stop the job
+            result = (None, _one_line(f"{type(e).__name__}: {e}"))
+    return result[0], result[1], [_one_line(str(w.message)) for w in caught]
+
+
+def _valid_output(path: Path, sample_rate_hz: int) -> float | None:
+    """Duration in seconds of ``path`` if it is a complete 16-bit mono PCM WAV at the rate."""
+    h = read_wav_header(path)
+    if (
+        h is None
+        or h.format_tag != 1
+        or h.channels != 1
+        or h.bits_per_sample != 16
+        or h.sample_rate_hz != sample_rate_hz
+        or h.n_frames <= 0
+    ):
+        return None
+    return h.n_frames / h.sample_rate_hz
+
+
+# --------------------------------------------------------------------------
+# Marker and report
+# --------------------------------------------------------------------------
+
+
+def _write_json_atomic(path: Path, obj: object) -> None:
+    fd, tmp = temp_file_beside(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _check_marker(out_dir: Path, sample_rate_hz: int) -> None:
+    marker = out_dir / MARKER_NAME
+    if not marker.exists():
+        return
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        rate = int(data["sample_rate_hz"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BirdnetError(
+            f"{marker}: unreadable prepare marker ({_one_line(str(e))}); "
+            "delete it or choose another output folder"
+        ) from None
+    if rate != sample_rate_hz:
+        raise BirdnetError(
+            f"{out_dir}: already holds audio prepared at {rate} Hz, not {sample_rate_hz} Hz; "
+            "choose another output folder (rates are never mixed in one folder)"
+        )
+
+
+# --------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str) or not key.strip():
+        raise BirdnetError(f"prepare: invalid key {key!r} (expected a relative path such as 'audio/XC1.mp3')")
+    posix, win = PurePosixPath(key.replace("\\", "/")), PureWindowsPath(key)
+    if posix.is_absolute() or win.is_absolute() or win.drive or ".." in posix.parts:
+        raise BirdnetError(f"prepare: key {key!r} must be a relative path inside the output folder")
+    if posix.name in ("", ".", MARKER_NAME, REPORT_NAME):
+        raise BirdnetError(f"prepare: key {key!r} does not name a file")
+    return key
+
+
+def _plan(files: Iterable[tuple[str, str | os.PathLike]], out_dir: Path) -> list[tuple[str, Path, Path]]:
+    """Validates ``files`` and pairs each with its output path.
+
+    Raises:
+        BirdnetError: A key is invalid or repeated, two keys map to the same
+            output, or an output would overwrite or sit next to a source.
+    """
+    plan: list[tuple[str, Path, Path]] = []
+    by_output: dict[Path, str] = {}
+    keys: set[str] = set()
+    source_dirs: dict[Path, Path] = {}
+    out_resolved = out_dir.resolve()
+    for item in files:
+        try:
+            key, source = item
+        except (TypeError, ValueError):
+            raise BirdnetError(f"prepare: expected (key, source_path) pairs, got {item!r}") from None
+        key = _check_key(key)
+        if key in keys:
+            raise BirdnetError(f"prepare: key {key!r} appears more than once")
+        keys.add(key)
+        src = Path(source)
+        out = output_path_for(out_dir, key)
+        # Resolve without requiring existence; a missing source fails later, per file.
+        out_r = out_resolved.joinpath(*out.relative_to(out_dir).parts)
+        src_r = src.resolve()
+        if out_r in by_output:
+            raise BirdnetError(
+                f"prepare: keys {by_output[out_r]!r} and {key!r} would both be written to {out}"
+            )
+        by_output[out_r] = key
+        if out_r == src_r:
+            raise BirdnetError(
+                f"prepare: output {out} would overwrite its source {src}; choose another output folder"
+            )
+        source_dirs.setdefault(src_r.parent, src)
+        plan.append((key, src, out))
+    for src_dir, src in source_dirs.items():
+        if out_resolved == src_dir or out_resolved.is_relative_to(src_dir):
+            raise BirdnetError(
+                f"prepare: output folder {out_dir} is inside the source folder {src_dir} "
+                f"(which holds {src}); choose an output folder outside the dataset's audio folders"
+            )
+    for out_r, key in by_output.items():
+        if out_r.parent in source_dirs:
+            raise BirdnetError(
+                f"prepare: output for {key!r} would be written into the source folder "
+                f"{out_r.parent} (next to {source_dirs[out_r.parent]}); choose an output folder "
+                "outside the dataset's audio folders"
+            )
+    return plan
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """``fork`` where it is safe and cheap (Linux, no extra threads, no TensorFlow), else ``spawn``."""
+    if (
+        sys.platform.startswith("linux")
+        and threading.active_count() == 1
+        and "tensorflow" not in sys.modules
+    ):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+# --------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------
+
+
+def prepare(
+    files: Sequence[tuple[str, str | os.PathLike]],
+    out_dir: str | os.PathLike,
+    sample_rate_hz: int,
+    workers: int = 2,
+    progress: bool = True,
+) -> PrepareResult:
+    """Decodes audio files into 16-bit mono WAV at one sample rate.
+
+    Each source is written to ``out_dir / key`` with its suffix replaced by
+    ``.wav`` (subfolders are created). Outputs are written atomically, so an
+    interrupted run leaves only complete files, and a later run keeps every
+    existing output that is a valid 16-bit mono WAV at ``sample_rate_hz``
+    (counted as skipped). A file that fails is recorded with its reason and
+    warned about; the other files go on.
+
+    Args:
+        files: ``(key, source_path)`` pairs; ``key`` is a unique relative path
+            such as ``"audio/XC1192.mp3"``.
+        out_dir: Output folder, created if missing. Must not be a folder that
+            holds source files.
+        sample_rate_hz: Sample rate of the outputs in Hz.
+        workers: Number of worker processes; 1 converts in this process.
+            Workers are forked on Linux when this process runs no other
+            threads and has not imported TensorFlow, otherwise spawned (a
+            script that calls this with spawned workers needs the usual
+            ``if __name__ == "__main__":`` guard).
+        progress: Show a tqdm progress bar (only on a terminal).
+
+    Returns:
+        The :class:`PrepareResult`; its ``summary()`` is ready to print.
+
+    Raises:
+        BirdnetError: Invalid or repeated keys, an output that would overwrite
+            or sit next to a source, or ``out_dir`` already prepared at another
+            sample rate.
+        ValueError: ``sample_rate_hz`` or ``workers`` is not a positive integer.
+    """
+    t0 = time.monotonic()
+    if isinstance(sample_rate_hz, bool) or int(sample_rate_hz) != sample_rate_hz or sample_rate_hz <= 0:
+        raise ValueError(f"sample_rate_hz must be a positive integer, got {sample_rate_hz!r}")
+    sample_rate_hz = int(sample_rate_hz)
+    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    workers = int(workers)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BirdnetError(f"{out_dir}: output folder exists but is not a folder")
+
+    plan = _plan(files, out_dir)
+    _check_marker(out_dir, sample_rate_hz)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(
+        out_dir / MARKER_NAME, {"sample_rate_hz": sample_rate_hz, "format": _MARKER_FORMAT}
+    )
+
+    result = PrepareResult(out_dir=out_dir, sample_rate_hz=sample_rate_hz)
+    todo: list[tuple[str, Path, Path]] = []
+    for key, src, out in plan:
+        duration = _valid_output(out, sample_rate_hz)
+        if duration is not None:
+            result.done[key] = (out, duration)
+            result.skipped += 1
+        else:
+            todo.append((key, src, out))
+
+    # Chosen once, before tqdm may start its monitor thread; retries reuse it.
+    ctx = _pool_context() if workers > 1 and len(todo) > 1 else None
+    bar = tqdm(
+        total=len(plan),
+        initial=result.skipped,
+        desc="prepare",
+        unit="file",
+        leave=True,
+        disable=None if progress else True,
+    )
+
+    def record(key: str, src: Path, out: Path, outcome: tuple[float | None, str | None, list[str]]) -> None:
+        duration, error, texts = outcome
+        for text in texts:
+            warnings.warn(text, stacklevel=3)
+        if error is None:
+            result.done[key] = (out, float(duration))
+            result.converted += 1
+        else:
+            result.failed.append((key, str(src), error))
+            warnings.warn(f"prepare: {key} ({src}) failed: {error}", stacklevel=3)
+        bar.update(1)
+
+    try:
+        if workers == 1 or len(todo) <= 1:
+            for key, src, out in todo:
+                record(key, src, out, _convert_one(str(src), str(out), sample_rate_hz))
+        else:
+            # A worker that dies (decoder crash, out of memory) breaks the whole
+            # pool and every unfinished file with it. Re-run those in a fresh
+            # pool; when a pool dies before finishing anything, the culprit is
+            # among the first files handed out, so try the first one alone.
+            remaining = todo
+            while remaining:
+                crashed = _run_pool(remaining, sample_rate_hz, min(workers, len(remaining)), record, ctx)
+                if crashed and len(crashed) == len(remaining):
+                    head, crashed = crashed[0], crashed[1:]
+                    if _run_pool([head], sample_rate_hz, 1, record, ctx):
+                        record(
+                            *head,
+                            (None, "the worker process died while decoding (decoder crash or out of memory)", []),
+                        )
+                remaining = crashed
+    finally:
+        bar.close()
+        result.failed.sort()
+        result.done = dict(sorted(result.done.items()))
+        result.elapsed_s = time.monotonic() - t0
+        with contextlib.suppress(OSError):
+            _write_report(result, n_files=len(plan))
+    return result
+
+
+def _run_pool(
+    todo: list[tuple[str, Path, Path]],
+    sample_rate_hz: int,
+    workers: int,
+    record: Callable[[str, Path, Path, tuple[float | None, str | None, list[str]]], None],
+    ctx: multiprocessing.context.BaseContext,
+) -> list[tuple[str, Path, Path]]:
+    """Converts ``todo`` in a process pool.
+
+    Returns:
+        The items lost to a broken pool (a worker died), in ``todo`` order.
+    """
+    crashed: list[int] = []
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {
+            pool.submit(_convert_one, str(item[1]), str(item[2]), sample_rate_hz): i
+            for i, item in enumerate(todo)
+        }
+        try:
+            for fut in cf.as_completed(futures):
+                index = futures[fut]
+                item = todo[index]
+                try:
+                    outcome = fut.result()
+                except BrokenProcessPool:
+                    crashed.append(index)
+                    continue
+                except Exception as e:  # noqa: BLE001 - e.g. a result that failed to pickle
+                    outcome = (None, _one_line(f"{type(e).__name__}: {e}"), [])
+                record(*item, outcome)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return [todo[i] for i in sorted(crashed)]
+
+
+def _write_report(result: PrepareResult, n_files: int) -> None:
+    _write_json_atomic(
+        result.out_dir / REPORT_NAME,
+        {
+            "sample_rate_hz": result.sample_rate_hz,
+            "format": _MARKER_FORMAT,
+            "files": n_files,
+            "converted": result.converted,
+            "skipped": result.skipped,
+            "failed_count": len(result.failed),
+            "failed": [{"key": k, "source": s, "reason": r} for k, s, r in result.failed],
+            "total_duration_s": round(result.total_duration_s, 3),
+            "elapsed_s": round(result.elapsed_s, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
