@@ -62,14 +62,12 @@ class MelSpectrogram(keras.layers.Layer):
         x = tf.pad(x, [[0, 0], [0, short]])
         stft = tf.signal.stft(x, frame_length=self.n_fft, frame_step=self.hop_length,
                               fft_length=self.n_fft, window_fn=tf.signal.hann_window, pad_end=False)
-        mag = tf.abs(stft)
-        if self.power == 2.0:
-            spec = tf.square(mag)
-        elif self.power == 1.0:
-            spec = mag
-        else:
-            spec = tf.pow(mag, self.power)
-        return tf.tensordot(spec, self.mel_matrix, axes=1)
+        spec = tf.square(tf.math.real(stft)) + tf.square(tf.math.imag(stft))  # power, without a sqrt
+        if self.power == 1.0:
+            spec = tf.sqrt(spec)
+        elif self.power != 2.0:
+            spec = tf.pow(spec, self.power / 2.0)
+        return tf.matmul(spec, self.mel_matrix)
 
     def compute_output_shape(self, input_shape):
         n = input_shape[-1]

@@ -43,11 +43,13 @@ def add_noise(x: tf.Tensor, prob: float, snr_db: tuple[float, float]) -> tf.Tens
     if prob <= 0:
         return x
     lo, hi = snr_db
-    snr = tf.random.uniform((), lo, hi)
-    rms = tf.sqrt(tf.reduce_mean(tf.square(x)) + 1e-12)
-    rms = tf.maximum(rms, 1e-4)
-    noise = tf.random.normal(tf.shape(x)) * rms / tf.pow(10.0, snr / 20.0)
-    return tf.where(_coin(prob), x + noise, x)
+
+    def noisy():
+        snr = tf.random.uniform((), lo, hi)
+        rms = tf.maximum(tf.sqrt(tf.reduce_mean(tf.square(x)) + 1e-12), 1e-4)
+        return x + tf.random.normal(tf.shape(x)) * rms / tf.pow(10.0, snr / 20.0)
+
+    return tf.cond(_coin(prob), noisy, lambda: x)
 
 
 def augment_waveform(x: tf.Tensor, aug: AugmentConfig, training: bool) -> tf.Tensor:

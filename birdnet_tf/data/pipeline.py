@@ -33,6 +33,39 @@ def wav_num_samples(path: str) -> int:
         raise AudioDecodeError(f"{path}: not a readable prepared WAV file ({e})") from None
 
 
+def wav_layout(path: str) -> tuple[int, int]:
+    """(byte offset of the first sample, number of samples) of a prepared 16-bit mono WAV."""
+    from birdnet_tf.data.audio import read_wav_header
+
+    h = read_wav_header(path)
+    if h is None or h.format_tag != 1 or h.bits_per_sample != 16 or h.channels != 1:
+        raise AudioDecodeError(f"{path}: not a prepared 16-bit mono PCM WAV file; run birdnet-tf prepare on it")
+    return h.data_offset, h.n_frames
+
+
+def read_excerpt(path: tf.Tensor, offset: tf.Tensor, n_frames: tf.Tensor, n: int) -> tf.Tensor:
+    """A uniformly placed ``n``-sample excerpt of a 16-bit mono WAV, decoding only those samples.
+
+    Files shorter than ``n`` are decoded whole and looped from a random point.
+    """
+    data = tf.io.read_file(path)
+    n_frames = tf.cast(n_frames, tf.int64)
+    offset = tf.cast(offset, tf.int64)
+
+    def long_file():
+        start = tf.random.uniform((), 0, n_frames - n + 1, dtype=tf.int64)
+        return tf.io.decode_raw(tf.strings.substr(data, offset + 2 * start, 2 * n), tf.int16)
+
+    def short_file():
+        x = tf.io.decode_raw(tf.strings.substr(data, offset, 2 * n_frames), tf.int16)
+        x = loop_to_length(x, n)
+        start = tf.random.uniform((), 0, tf.maximum(n_frames, 1), dtype=tf.int64)
+        return tf.roll(x, -tf.cast(start, tf.int32), axis=0)[:n]
+
+    x = tf.cond(n_frames > n, long_file, short_file)
+    return tf.cast(x, tf.float32) / 32768.0
+
+
 def decode_wav(path: tf.Tensor) -> tf.Tensor:
     """Reads a 16-bit PCM WAV file → float32 mono ``(samples,)``."""
     audio, _ = tf.audio.decode_wav(tf.io.read_file(path), desired_channels=1)
@@ -45,13 +78,6 @@ def loop_to_length(x: tf.Tensor, n: int) -> tf.Tensor:
     x = tf.cond(tf.shape(x)[0] > 0, lambda: x, lambda: tf.zeros((1,), x.dtype))
     reps = (n + length - 1) // length
     return tf.tile(x, [tf.maximum(reps, 1)])
-
-
-def random_excerpt(x: tf.Tensor, n: int) -> tf.Tensor:
-    """A uniformly placed excerpt of ``n`` samples; shorter inputs are looped first."""
-    x = loop_to_length(x, n)
-    start = tf.random.uniform((), 0, tf.shape(x)[0] - n + 1, dtype=tf.int32)
-    return x[start:start + n]
 
 
 def window_starts(n_samples: int, window: int, hop: int, max_windows: int | None = None) -> np.ndarray:
@@ -90,13 +116,15 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
     reps = excerpts_per_file(durations_s, cfg)
     idx = np.repeat(np.arange(len(paths)), reps)
     n = cfg.excerpt_samples
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths)[idx], np.asarray(targets, np.float32)[idx]))
+    layout = np.array([wav_layout(p) for p in paths], np.int64).reshape(-1, 2)
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths)[idx], layout[idx, 0], layout[idx, 1],
+                                             np.asarray(targets, np.float32)[idx]))
     ds = ds.shuffle(len(idx), seed=cfg.data.seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
 
-    def load(path, target):
-        x = random_excerpt(decode_wav(path), n)
+    def load(path, offset, n_frames, target):
+        x = read_excerpt(path, offset, n_frames, n)
         x = augment_waveform(x, cfg.augment, training)
         return tf.ensure_shape(x, (n,)), target
 

@@ -165,9 +165,16 @@ def _callbacks_module():
             super().__init__()
             self.paths, self.monitor, self.patience = paths, monitor, patience
             self.state = state
+            self.t0 = time.time()
+
+        def on_train_begin(self, logs=None):
+            # wall time accumulates over resumed sessions
+            self.t0 = time.time() - float(self.state.get("elapsed_s", 0.0))
 
         def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
+            logs = logs if logs is not None else {}
+            logs["time_s"] = round(time.time() - self.t0, 1)
+            self.state["elapsed_s"] = logs["time_s"]
             value = logs.get(self.monitor)
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 raise BirdnetError(f"train.monitor '{self.monitor}' is not among the logged metrics "
@@ -177,7 +184,7 @@ def _callbacks_module():
             improved = self.state.get("best") is None or value > self.state["best"]
             if improved:
                 _atomic_save(self.model, self.paths.best)
-                self.state.update(best=value, best_epoch=epoch + 1)
+                self.state.update(best=value, best_epoch=epoch + 1, best_time_s=logs["time_s"])
             self.model.save_weights(str(self.paths.checkpoints / f"epoch_{epoch + 1:03d}.weights.h5"))
             _atomic_save(self.model, self.paths.last)
             self.state.update(epoch=epoch + 1, monitor=self.monitor,
@@ -330,4 +337,5 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
 def _summary(paths: RunPaths, state: dict, t0: float, epochs_run: int) -> dict:
     return {"run_dir": str(paths.root), "best_model": str(paths.best), "best_epoch": state.get("best_epoch"),
             "monitor": state.get("monitor"), "best": state.get("best"), "epochs": state.get("epoch"),
-            "epochs_run": epochs_run, "wall_s": round(time.time() - t0, 1)}
+            "best_time_s": state.get("best_time_s"), "epochs_run": epochs_run,
+            "wall_s": round(time.time() - t0, 1)}
