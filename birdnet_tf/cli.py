@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from birdnet_tf import __version__
@@ -17,11 +18,23 @@ from birdnet_tf.errors import BirdnetError
 DEFAULT_RECIPE = "pipelines/default.yaml"
 
 
+#: what TensorFlow prints to fd 2 on every start of a machine without a GPU
+_TF_NOISE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog|To enable the following instructions"
+                       rb"|[IWE]\d{4} [\d:. ]+\d+ (cuda_\w+|cudart_stub|cpu_feature_guard)\.cc)")
+
+
 def _quiet_tensorflow() -> None:
+    """Imports TensorFlow without its CPU-only start-up chatter (real errors still show)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import logging
 
+    from birdnet_tf.fileio import filtered_native_stderr
+
     logging.getLogger("absl").setLevel(logging.ERROR)
+    with filtered_native_stderr(_TF_NOISE):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # the CUDA probe prints here
 
 
 def _log(msg: str) -> None:
@@ -126,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[recipe, workers], help="train a model; resumes an interrupted run")
     p.add_argument("--data", required=True, help="dataset folder, raw or prepared")
     p.add_argument("--out", required=True, help="run folder (created; resumed when it holds the same config)")
-    p.add_argument("--cache", default=None, help="where raw audio is prepared (default: $BIRDNET_TF_CACHE "
-                                                 "or ~/.cache/birdnet-tf)")
+    p.add_argument("--cache", default=None,
+                   help="folder to prepare raw audio into (default: a folder per dataset and rate under "
+                        "$BIRDNET_TF_CACHE/prepared or ~/.cache/birdnet-tf/prepared)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation report at the end")
     p.set_defaults(func=cmd_train)
 

@@ -246,11 +246,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:
     """Writes JSON atomically (temp file + rename) so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from birdnet_tf.fileio import write_json_atomic
+
+    write_json_atomic(path, obj)
 
 
 def save_config(cfg: Config, path: str | os.PathLike, **extra: Any) -> None:

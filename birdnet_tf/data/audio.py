@@ -15,13 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import struct
-import sys
-import tempfile
-import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +25,7 @@ import soundfile as sf
 import soxr
 
 from birdnet_tf.errors import AudioDecodeError
+from birdnet_tf.fileio import filtered_native_stderr, temp_file_beside
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -60,74 +56,9 @@ _DECODER_NOISE = re.compile(rb"^(Note: |Warning: |\[src/libmpg123/)")
 # Silencing libmpg123's direct writes to fd 2
 # --------------------------------------------------------------------------
 
-_stderr_lock = threading.Lock()
-_stderr_depth = 0
-_stderr_saved_fd: int | None = None
-_stderr_capture = None  # a binary temporary file while redirected
-
-
-@contextlib.contextmanager
-def _filtered_native_stderr() -> Iterator[None]:
-    """Hides libmpg123's ``Note: ...`` lines printed while decoding.
-
-    File descriptor 2 is pointed at a temporary file for the duration of the
-    block; on exit it is restored and every captured line that is not decoder
-    chatter is written back to the real stderr, so nothing else is lost (at
-    worst delayed). Nested and concurrent (threaded) use share one redirection.
-    If anything about the redirection fails, decoding proceeds unfiltered.
-    """
-    global _stderr_depth, _stderr_saved_fd, _stderr_capture
-    with _stderr_lock:
-        redirected = _stderr_depth > 0
-        if not redirected:
-            capture = saved = None
-            try:
-                if sys.stderr is not None:
-                    sys.stderr.flush()
-                capture = tempfile.TemporaryFile()
-                saved = os.dup(2)
-                os.dup2(capture.fileno(), 2)
-                redirected = True
-            except (OSError, ValueError, AttributeError):
-                if saved is not None:
-                    os.close(saved)
-                if capture is not None:
-                    capture.close()
-            else:
-                _stderr_saved_fd, _stderr_capture = saved, capture
-        if redirected:
-            _stderr_depth += 1
-    if not redirected:
-        yield
-        return
-    try:
-        yield
-    finally:
-        with _stderr_lock:
-            _stderr_depth -= 1
-            if _stderr_depth == 0 and _stderr_saved_fd is not None:
-                saved, capture = _stderr_saved_fd, _stderr_capture
-                _stderr_saved_fd, _stderr_capture = None, None
-                try:
-                    if sys.stderr is not None:
-                        sys.stderr.flush()
-                except (OSError, ValueError):
-                    pass
-                os.dup2(saved, 2)
-                os.close(saved)
-                try:
-                    capture.seek(0)
-                    kept = [
-                        line
-                        for line in capture.read().splitlines(keepends=True)
-                        if not _DECODER_NOISE.match(line)
-                    ]
-                    if kept:
-                        os.write(2, b"".join(kept))
-                except OSError:
-                    pass
-                finally:
-                    capture.close()
+def _filtered_native_stderr():
+    """Hides libmpg123's ``Note: ...`` lines printed to fd 2 while decoding."""
+    return filtered_native_stderr(_DECODER_NOISE)
 
 
 # --------------------------------------------------------------------------
@@ -272,26 +203,6 @@ def load_audio(path: str | os.PathLike, sample_rate_hz: int | None = None) -> tu
 # --------------------------------------------------------------------------
 # 16-bit WAV
 # --------------------------------------------------------------------------
-
-
-def temp_file_beside(path: Path) -> tuple[int, str]:
-    """Creates a new, hidden temporary file in ``path``'s folder.
-
-    Unlike :func:`tempfile.mkstemp` the file gets the usual permissions
-    (0o666 minus the umask), so the file renamed over ``path`` later is
-    readable like any other.
-
-    Returns:
-        ``(fd, temp_path)``: an open write-only descriptor and the file's path.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = os.path.join(path.parent, f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a temporary file next to {path}")
 
 
 def write_wav16(path: str | os.PathLike, audio: np.ndarray, sample_rate_hz: int) -> Path:

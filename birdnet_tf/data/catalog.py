@@ -36,7 +36,6 @@ from __future__ import annotations
 import ast
 import os
 import posixpath
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -45,6 +44,7 @@ from typing import Any
 
 import pandas as pd
 
+from birdnet_tf.fileio import atomic_path
 from birdnet_tf.errors import CatalogError
 
 __all__ = [
@@ -334,14 +334,9 @@ def save_catalog(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
         out["secondary_labels"] = [
             _SECONDARY_SEPARATOR.join(parse_secondary_labels(v)) for v in out["secondary_labels"].tolist()
         ]
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+    with atomic_path(target) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
             out.to_csv(handle, index=False)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def read_catalog(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from birdnet_tf.fileio import atomic_path
 from birdnet_tf.data.audio import audio_duration_s
 from birdnet_tf.data.catalog import load_catalog
 from birdnet_tf.data.prepare import MARKER_NAME, output_path_for, prepare
@@ -85,9 +86,8 @@ def _write_metadata(prepared: pd.DataFrame, out_dir: Path) -> None:
     meta["secondary_labels"] = [";".join(v) for v in prepared["secondary_labels"]]
     meta["source"] = list(prepared["key"])
     meta["duration_s"] = [round(d, 3) for d in prepared["duration_s"]]
-    tmp = out_dir / f".metadata.csv.tmp{os.getpid()}"
-    meta.to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "metadata.csv")
+    with atomic_path(out_dir / "metadata.csv") as tmp:
+        meta.to_csv(tmp, index=False)
 
 
 def prepared_catalog(data_dir: str | os.PathLike, sample_rate_hz: int, cache_dir: str | os.PathLike | None = None,

@@ -12,7 +12,6 @@ the label set stay in the catalog but are ignored here.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from birdnet_tf.fileio import atomic_path
 from birdnet_tf.data.catalog import CatalogWarning, parse_secondary_labels
 from birdnet_tf.errors import CatalogError
 
@@ -126,15 +126,9 @@ class LabelSet:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes one label per line (UTF-8, ``\\n``), atomically."""
-        target = Path(path)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
                 handle.write("".join(f"{label}\n" for label in self._labels))
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -173,6 +173,9 @@ def evaluation_windows(paths: list[str], cfg: Config, window_s: float | None = N
         idx = tf.cast(file_starts, tf.int32)[:, None] + tf.range(window)[None, :]
         return tf.gather(x, idx)
 
-    ds = ds.map(cut, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
-    ds = ds.batch(batch_size or cfg.data.batch_size).prefetch(AUTOTUNE)
+    batch = batch_size or cfg.data.batch_size
+    ds = ds.map(cut, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch().batch(batch)
+    # unbatch() hides the length from Keras; state it so predict() knows when it is done
+    ds = ds.apply(tf.data.experimental.assert_cardinality(int(math.ceil(counts.sum() / batch))))
+    ds = ds.prefetch(AUTOTUNE)
     return WindowSet(ds, np.repeat(np.arange(len(paths)), counts), flat / sr)

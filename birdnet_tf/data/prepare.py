@@ -31,7 +31,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tqdm.auto import tqdm
 
-from birdnet_tf.data.audio import load_audio, read_wav_header, temp_file_beside, write_wav16
+from birdnet_tf.data.audio import load_audio, read_wav_header, write_wav16
+from birdnet_tf.fileio import write_json_atomic
 from birdnet_tf.errors import BirdnetError
 
 __all__ = ["MARKER_NAME", "REPORT_NAME", "PrepareResult", "prepare", "output_path_for"]
@@ -166,16 +167,7 @@ def _valid_output(path: Path, sample_rate_hz: int) -> float | None:
 
 
 def _write_json_atomic(path: Path, obj: object) -> None:
-    fd, tmp = temp_file_beside(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, obj)
 
 
 def _check_marker(out_dir: Path, sample_rate_hz: int) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from birdnet_tf.fileio import atomic_path
 from birdnet_tf.errors import BirdnetError
 
 
@@ -122,7 +123,6 @@ def write_table(table: pd.DataFrame, out: str | os.PathLike, force: bool = False
     if out.exists() and not force:
         raise BirdnetError(f"{out}: already exists; choose another --out or pass --force")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    table.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6f")
     return out

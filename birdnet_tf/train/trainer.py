@@ -203,9 +203,12 @@ def _callbacks_module():
 
 
 def _atomic_save(model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    model.save(str(tmp))
-    os.replace(tmp, path)
+    from birdnet_tf.fileio import atomic_path
+
+    with atomic_path(path.with_suffix(".keras")) as tmp:
+        keras_tmp = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
+        model.save(str(keras_tmp))
+        os.replace(keras_tmp, tmp)
 
 
 def file_metrics(scores: np.ndarray, primary_idx: np.ndarray, background: np.ndarray,
@@ -294,6 +297,9 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     log(describe_split(train_df, val_df))
 
     policy = configure_precision(cfg, log)
+    # seeds initial weights, excerpt positions and augmentation (parallel tf.data and
+    # multi-threaded kernels still make runs differ slightly)
+    keras.utils.set_random_seed(cfg.data.seed + int(state.get("epoch", 0)))
     targets = encode_targets(train_df, labels, cfg.data.background_weight)
     if cfg.train.loss == "cce":
         targets = targets / np.maximum(targets.sum(axis=1, keepdims=True), 1e-6)
