@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import sys
+from pathlib import Path
 
 from birdnet_tf import __version__
 from birdnet_tf.errors import BirdnetError
@@ -89,6 +90,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    if Path(args.out).exists() and not args.force:  # before any work is done
+        raise BirdnetError(f"{args.out}: already exists; choose another --out or pass --force")
+    if args.hop_s is not None and args.window_s is None:
+        raise BirdnetError("--hop-s needs --window-s (per-file scores use the model's own windows)")
     _quiet_tensorflow()
     from birdnet_tf.infer.predict import predict, write_table
 

@@ -57,7 +57,6 @@ class DataConfig:
     excerpts_per_file_s: float = 20.0  # an epoch draws ceil(duration / this) excerpts per file ...
     max_excerpts_per_file: int = 4  # ... at most this many
     min_excerpts_per_file: int = 1
-    shuffle_buffer: int = 2048
     file_pooling: str = "mean"  # pooling of window scores per file in validation
 
 
@@ -203,6 +202,12 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
             if isinstance(value, str):
                 value = [v for v in value.strip("()[] ").split(",") if v.strip()]
             args = typ.__args__
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
+            if len(args) != 2 or args[1] is not Ellipsis:  # fixed-length tuple, e.g. (low, high)
+                if len(value) != len(args):
+                    raise ConfigError(f"{where}: needs {len(args)} values (e.g. {', '.join(['1'] * len(args))}), "
+                                      f"got {value!r}")
             return tuple(_coerce(v, args[min(i, len(args) - 1)], where) for i, v in enumerate(value))
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {value!r} is not a valid {getattr(typ, '__name__', typ)}") from None
@@ -239,6 +244,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         except Exception as e:  # noqa: BLE001 - any parser error becomes one clear message
             raise ConfigError(f"{p}: cannot parse recipe: {e}") from None
         data = data or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a recipe must be a mapping of sections (audio, data, model, train, ...) "
+                              f"to settings, not a {type(data).__name__}")
         data.pop("description", None)
         cfg = Config.from_dict(data, str(p))
     return cfg.replace(overrides or [], "command line")

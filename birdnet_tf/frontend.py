@@ -114,8 +114,7 @@ class SpecAugment(keras.layers.Layer):
     The identity when ``training`` is false or ``prob`` is 0.
     """
 
-    def __init__(self, prob=0.5, freq_masks=2, freq_mask_bins=8, time_masks=2, time_mask_frames=25,
-                 seed=None, **kwargs):
+    def __init__(self, prob=0.5, freq_masks=2, freq_mask_bins=8, time_masks=2, time_mask_frames=25, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.prob = float(prob)
@@ -123,7 +122,6 @@ class SpecAugment(keras.layers.Layer):
         self.freq_mask_bins = int(freq_mask_bins)
         self.time_masks = int(time_masks)
         self.time_mask_frames = int(time_mask_frames)
-        self.seed = seed
 
     def _masks(self, batch, length, count, width):
         """Boolean ``(batch, length)``: True where any of ``count`` random spans covers."""
@@ -151,7 +149,7 @@ class SpecAugment(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "prob": self.prob, "freq_masks": self.freq_masks,
                 "freq_mask_bins": self.freq_mask_bins, "time_masks": self.time_masks,
-                "time_mask_frames": self.time_mask_frames, "seed": self.seed}
+                "time_mask_frames": self.time_mask_frames}
 
 
 def frontend_layers(cfg: Config) -> list[keras.layers.Layer]:

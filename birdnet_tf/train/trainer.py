@@ -91,6 +91,17 @@ def check_run_folder(paths: RunPaths, cfg: Config) -> bool:
     return True
 
 
+def check_input_length(cfg: Config) -> None:
+    """Refuses an excerpt shorter than the model's receptive field, before anything is written."""
+    from birdnet_tf.models.build import build_model, min_samples
+
+    need = min_samples(build_model(cfg, 1), cfg)
+    if cfg.excerpt_samples < need:
+        raise ConfigError(f"data.excerpt_s={cfg.data.excerpt_s} is shorter than the {cfg.model.name} model's "
+                          f"receptive field ({need / cfg.audio.sample_rate_hz:.2f} s with these frontend "
+                          "settings); raise data.excerpt_s")
+
+
 def _is_tty() -> bool:
     return sys.stdout.isatty() and not os.environ.get("CI")
 
@@ -176,9 +187,12 @@ def _callbacks_module():
             logs["time_s"] = round(time.time() - self.t0, 1)
             self.state["elapsed_s"] = logs["time_s"]
             value = logs.get(self.monitor)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            if value is None:
                 raise BirdnetError(f"train.monitor '{self.monitor}' is not among the logged metrics "
                                    f"({', '.join(sorted(logs))})")
+            if math.isnan(float(value)):
+                raise BirdnetError(f"train.monitor '{self.monitor}' is NaN at epoch {epoch + 1}; "
+                                   "training diverged (try a lower train.learning_rate)")
             self.paths.checkpoints.mkdir(parents=True, exist_ok=True)
             value = float(value)
             improved = self.state.get("best") is None or value > self.state["best"]
@@ -263,6 +277,7 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if not data_dir.is_dir():
         raise BirdnetError(f"{data_dir}: dataset folder does not exist")
     resume = check_run_folder(paths, cfg)
+    check_input_length(cfg)
     state = json.loads(paths.state.read_text()) if resume and paths.state.exists() else {}
     if resume and state.get("epoch", 0) >= cfg.train.epochs or state.get("stopped_early"):
         log(f"{paths.root}: training already finished (epoch {state.get('epoch')}, "

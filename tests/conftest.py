@@ -1,0 +1,212 @@
+"""Shared fixtures: tiny configs, synthetic and real datasets, an isolated cache.
+
+Everything here is sized for a 2-core CPU: the tiny config trains an epoch on a
+dozen short files in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import types
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+#: Overrides (as ``--set`` strings) that make a run train in seconds on a CPU.
+TINY_SETTINGS = [
+    "train.epochs=1",
+    "train.warmup_epochs=0",
+    "model.dense_units=16",
+    "model.width=0.25",
+    "model.dropout=0.1",
+    "data.batch_size=4",
+    "data.excerpt_s=2.0",
+    "data.eval_hop_s=2.0",
+    "data.max_excerpts_per_file=1",
+    "data.max_eval_windows=2",
+]
+
+#: Sample rate of the synthetic sources (not the model's, so preparing resamples).
+SYNTH_RATE_HZ = 16000
+
+#: Synthetic classes: a 1-kHz tone, a 2->4 kHz chirp, band noise around 6 kHz (see synth_signal).
+SYNTH_CLASSES = ("tone1k", "chirp2to4k", "noise6k")
+
+
+def xc_pr20_dir() -> Path | None:
+    """The real xc-pr20 dataset beside the repository, or from $BIRDNET_TF_XC_PR20."""
+    candidates = [Path(__file__).resolve().parents[2] / "shared/data/xc-pr20"]
+    if os.environ.get("BIRDNET_TF_XC_PR20"):
+        candidates.append(Path(os.environ["BIRDNET_TF_XC_PR20"]))
+    for candidate in candidates:
+        if (candidate / "metadata.csv").is_file() and (candidate / "audio").is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test prepares raw audio into its own temporary cache, never into $HOME."""
+    monkeypatch.setenv("BIRDNET_TF_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def xc_pr20() -> Path:
+    folder = xc_pr20_dir()
+    if folder is None:
+        pytest.skip("real dataset xc-pr20 not found (set BIRDNET_TF_XC_PR20)")
+    return folder
+
+
+@pytest.fixture
+def tiny_settings() -> list[str]:
+    return list(TINY_SETTINGS)
+
+
+@pytest.fixture
+def tiny_config():
+    from birdnet_tf.config import Config
+
+    return Config().replace(TINY_SETTINGS)
+
+
+def synth_signal(kind: str, duration_s: float, rate_hz: int, rng: np.random.Generator) -> np.ndarray:
+    """One seeded synthetic recording of class ``kind``, float64 in about ±0.5."""
+    n = int(round(duration_s * rate_hz))
+    t = np.arange(n) / rate_hz
+    if kind == "tone1k":
+        x = 0.4 * np.sin(2 * np.pi * 1000.0 * t + rng.uniform(0, 2 * np.pi))
+    elif kind == "chirp2to4k":
+        # linear sweep 2 -> 4 kHz, repeating every second
+        tau = t % 1.0
+        x = 0.4 * np.sin(2 * np.pi * (2000.0 * tau + 1000.0 * tau**2))
+    elif kind == "noise6k":
+        spec = np.fft.rfft(rng.standard_normal(n))
+        f = np.fft.rfftfreq(n, 1 / rate_hz)
+        spec[(f < 5500) | (f > 6500)] = 0
+        x = np.fft.irfft(spec, n)
+        x = 0.4 * x / (np.max(np.abs(x)) + 1e-12)
+    else:
+        raise ValueError(kind)
+    return x + 0.003 * rng.standard_normal(n)
+
+
+def write_synthetic_dataset(root: Path, files_per_class: int = 4, seed: int = 0) -> Path:
+    """Writes a class-folder dataset of seeded synthetic 16-kHz 16-bit WAVs; returns ``root``.
+
+    Per class ``files_per_class`` files of 2 to 4 s (file 0 is exactly 2 s).
+    """
+    rng = np.random.default_rng(seed)
+    for kind in SYNTH_CLASSES:
+        (root / kind).mkdir(parents=True)
+        for i in range(files_per_class):
+            duration = 2.0 + 2.0 * i / max(1, files_per_class - 1)
+            x = synth_signal(kind, duration, SYNTH_RATE_HZ, rng)
+            sf.write(root / kind / f"{kind}_{i}.wav", x, SYNTH_RATE_HZ, subtype="PCM_16")
+    return root
+
+
+@pytest.fixture
+def synthetic_dataset(tmp_path):
+    """Factory: ``make(name="synth", files_per_class=4)`` writes a class-folder dataset.
+
+    Three classes (``tone1k``, ``chirp2to4k``, ``noise6k``) of seeded 2-4 s 16-bit WAVs
+    at 16 kHz; returns the dataset folder.
+    """
+
+    def make(name: str = "synth", files_per_class: int = 4, seed: int = 0) -> Path:
+        return write_synthetic_dataset(tmp_path / name, files_per_class, seed)
+
+    return make
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``birdnet_tf.cli.main(argv)`` in process: (exit code, stdout, stderr)."""
+    from birdnet_tf.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse errors
+            rc = e.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+def tiny_set_args(extra: list[str] | None = None) -> list[str]:
+    """``--set`` arguments of :data:`TINY_SETTINGS` plus ``extra``."""
+    return [a for s in [*TINY_SETTINGS, *(extra or [])] for a in ("--set", s)]
+
+
+@pytest.fixture(scope="session")
+def trained_synthetic(tmp_path_factory):
+    """One tiny run on the synthetic dataset, shared by the tests that only read it.
+
+    prepare → train (1 epoch) → export, all through ``birdnet_tf.cli.main``. Returns a
+    namespace with the folders (``data``, ``prepared``, ``run``, ``export``) and the
+    ``(rc, stdout, stderr)`` of each step in ``steps``. Tests must not modify these
+    folders (copy them first).
+    """
+    root = tmp_path_factory.mktemp("trained_synthetic")
+    ns = types.SimpleNamespace(data=write_synthetic_dataset(root / "synth"), prepared=root / "prepared",
+                               run=root / "run", export=root / "export", steps={})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BIRDNET_TF_CACHE", str(root / "cache"))
+        for name, argv in [
+            ("prepare", ["prepare", str(ns.data), "--out", str(ns.prepared), "--workers", "1", "--no-progress"]),
+            ("train", ["train", "--data", str(ns.prepared), "--out", str(ns.run), *tiny_set_args()]),
+            ("export", ["export", str(ns.run), "--out", str(ns.export)]),
+        ]:
+            ns.steps[name] = run_cli(argv)
+            rc, out, err = ns.steps[name]
+            assert rc == 0, f"{name} failed with {rc}:\n{out[-3000:]}\n{err[-3000:]}"
+    return ns
+
+
+#: A handful of short xc-pr20 recordings: 3 species, each by >= 2 recordists, Ogg and MP3.
+REAL_SUBSET = (
+    "audio/XC862653.ogg",  # Setophaga adelaidae, Daniel Parker, 1.7 s
+    "audio/XC9415.ogg",  # Setophaga adelaidae, Allen T. Chartier, 3.0 s
+    "audio/XC308510.ogg",  # Setophaga adelaidae, Ross Gallardy, 5.4 s
+    "audio/XC5164.mp3",  # Setophaga adelaidae, Don Jones, 10.3 s (MP3)
+    "audio/XC173664.ogg",  # Melopyrrha portoricensis, Eric DeFonso, 4.0 s
+    "audio/XC178978.ogg",  # Melopyrrha portoricensis, Tom Auer, 7.0 s
+    "audio/XC9423.ogg",  # Vireo latimeri, Allen T. Chartier, 4.1 s
+    "audio/XC308504.ogg",  # Vireo latimeri, Ross Gallardy, 8.3 s
+)
+
+
+def pick_real_subset(xc: Path, files=REAL_SUBSET) -> pd.DataFrame:
+    """The xc-pr20 metadata rows of ``files`` (skips the test if any is missing)."""
+    meta = pd.read_csv(xc / "metadata.csv", dtype=str, keep_default_na=False)
+    rows = meta[meta["filename"].isin(files)]
+    if len(rows) != len(files) or not all((xc / f).is_file() for f in files):
+        pytest.skip("xc-pr20 lacks some recordings of the test subset")
+    return rows.reset_index(drop=True)
+
+
+@pytest.fixture
+def real_subset(tmp_path, xc_pr20):
+    """Factory: ``make()`` → a metadata.csv dataset of the :data:`REAL_SUBSET` (Ogg and MP3).
+
+    The folder holds ``metadata.csv`` (the xc-pr20 rows of the chosen files) and
+    ``audio`` as a symlink to xc-pr20's audio folder, so ``filename`` stays relative.
+    """
+
+    def make(name: str = "real", files=REAL_SUBSET) -> Path:
+        subset = pick_real_subset(xc_pr20, files)
+        root = tmp_path / name
+        root.mkdir()
+        (root / "audio").symlink_to(xc_pr20 / "audio", target_is_directory=True)
+        subset.to_csv(root / "metadata.csv", index=False)
+        return root
+
+    return make
