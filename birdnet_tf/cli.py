@@ -181,7 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"birdnet-tf: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _format_warning  # one line per warning, no source excerpt
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

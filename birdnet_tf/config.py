@@ -132,8 +132,10 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, source: str = "config") -> "Config":
-        return _build(cls, d or {}, source)
+    def from_dict(cls, d: dict[str, Any] | None, source: str = "config", strict: bool = True) -> "Config":
+        """Builds a config from nested dicts; unknown settings are an error, or with
+        ``strict=False`` (configs saved by other versions) dropped with a warning."""
+        return _build(cls, d or {}, source, strict)
 
     def replace(self, overrides: dict[str, Any] | list[str] | None, source: str = "override") -> "Config":
         """Returns a copy with ``{"section.field": value}`` or ``["section.field=value"]`` applied."""
@@ -156,13 +158,19 @@ class Config:
         return Config.from_dict(d, source)
 
 
-def _build(cls, d: dict[str, Any], source: str):
+def _build(cls, d: dict[str, Any], source: str, strict: bool = True):
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: expected a mapping for {cls.__name__}, got {type(d).__name__}")
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
     unknown = set(d) - known
-    if unknown:
+    if unknown and not strict:
+        import warnings
+
+        warnings.warn(f"{source}: ignoring setting(s) {', '.join(sorted(unknown))} of {cls.__name__} "
+                      "(written by another birdnet-tf version)", stacklevel=2)
+        d = {k: v for k, v in d.items() if k in known}
+    elif unknown:
         raise ConfigError(
             f"{source}: unknown setting(s) {', '.join(sorted(unknown))} in {cls.__name__}; "
             f"known: {', '.join(sorted(known))}")
@@ -173,7 +181,7 @@ def _build(cls, d: dict[str, Any], source: str):
         typ = hints[f.name]
         value = d[f.name]
         if is_dataclass(typ):
-            kwargs[f.name] = _build(typ, value, f"{source}: {f.name}")
+            kwargs[f.name] = _build(typ, value, f"{source}: {f.name}", strict)
         else:
             kwargs[f.name] = _coerce(value, typ, f"{source}: {cls.__name__}.{f.name}")
     return cls(**kwargs)
@@ -274,4 +282,4 @@ def read_config_json(path: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
     d = json.loads(p.read_text(encoding="utf-8"))
     sections = {f.name for f in fields(Config)}
     extra = {k: v for k, v in d.items() if k not in sections}
-    return Config.from_dict({k: v for k, v in d.items() if k in sections}, str(p)), extra
+    return Config.from_dict({k: v for k, v in d.items() if k in sections}, str(p), strict=False), extra

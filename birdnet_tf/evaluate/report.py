@@ -88,7 +88,7 @@ def _atomic_write(path: Path, write: Any, mode: str = "w") -> Path:
 def _save(fig: Any, out_png: str | os.PathLike[str], dpi: float) -> Path:
     """Saves ``fig`` as a PNG atomically and returns its path."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.15)
     return _atomic_write(Path(out_png), lambda fh: fh.write(buf.getvalue()), mode="wb")
 
 
@@ -154,14 +154,15 @@ def read_history(history_csv: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 def plot_training_curves(
-    history_csv: str | os.PathLike[str], out_png: str | os.PathLike[str]
+    history_csv: str | os.PathLike[str], out_png: str | os.PathLike[str], monitor: str = "val_mlrap"
 ) -> Path:
     """Plots losses and validation metrics per epoch from a Keras ``CSVLogger`` file.
 
     Top panel: ``loss`` and ``val_loss`` (whichever exist; also any other
     ``*loss`` column), with ``learning_rate`` on a log-scaled right axis. Bottom
     panel: ``val_mlrap``, ``val_mrr``, ``val_cmap`` and any other ``val_*``
-    metric. The best epoch by ``val_mlrap`` (if present) is marked in both.
+    metric. The best epoch by ``monitor`` (if present) is marked in both. Epochs are
+    numbered from 1, as training logs them (CSVLogger's column counts from 0).
 
     Args:
         history_csv: CSV with columns ``epoch``, ``loss``, ``val_loss``,
@@ -176,7 +177,7 @@ def plot_training_curves(
         ValueError: The history is empty.
     """
     h = read_history(history_csv)
-    epoch = h["epoch"]
+    epoch = h["epoch"] + 1
 
     def present(name: str) -> bool:
         return name in h and not np.all(np.isnan(h[name]))
@@ -225,12 +226,12 @@ def plot_training_curves(
         ax_met.text(0.5, 0.5, "no validation metrics", ha="center", va="center",
                     transform=ax_met.transAxes, color="grey")
 
-    if present("val_mlrap"):
-        best = int(np.nanargmax(h["val_mlrap"]))
-        label = f"best epoch {epoch[best]:g} (val_mlrap {h['val_mlrap'][best]:.3f})"
+    if present(monitor):
+        best = int(np.nanargmax(h[monitor]))
+        label = f"best epoch {epoch[best]:g} ({monitor} {h[monitor][best]:.3f})"
         for ax in (ax_loss, ax_met):
             ax.axvline(epoch[best], color="crimson", linestyle=":", linewidth=1.5)
-        ax_met.plot([epoch[best]], [h["val_mlrap"][best]], marker="*", markersize=14,
+        ax_met.plot([epoch[best]], [h[monitor][best]], marker="*", markersize=14,
                     color="crimson", linestyle="none", label=label)
         ax_met.legend(loc="lower right", fontsize=8)
     for ax in (ax_loss, ax_met):
@@ -338,7 +339,7 @@ def confusion_figsize(n_classes: int, labels: Sequence[str]) -> tuple[float, flo
     Cells shrink from 0.35 in (up to 20 classes) to 0.1 in (70 classes and
     more); the tick font follows the cell size, between 5 and 9 pt.
     """
-    cell = 0.35 if n_classes <= 20 else max(0.1, 7.0 / n_classes)
+    cell = 0.6 if n_classes <= 8 else 0.35 if n_classes <= 20 else max(0.1, 7.0 / n_classes)
     fontsize = float(min(9.0, max(5.0, cell * 72.0 * 0.75)))
     side = n_classes * cell + _label_width_in(labels, fontsize) + 1.4
     return side, cell, fontsize
@@ -397,8 +398,7 @@ def plot_confusion(
     ax.tick_params(length=2, pad=1)
     ax.set_xlabel("predicted (top-1)")
     ax.set_ylabel("true (foreground)")
-    ax.set_title(f"Confusion matrix, row-normalised ({int(counts.sum())} files)",
-                 loc="left", fontsize=10)
+    ax.set_title(f"Confusion, row-normalised\n({int(counts.sum())} files)", loc="left", fontsize=10)
     if n <= 25:
         for i in range(n):
             for j in range(n):
@@ -433,6 +433,7 @@ def write_report(
     labels: Sequence[str],
     per_file: Mapping[str, Any] | None = None,
     history_csv: str | os.PathLike[str] | None = None,
+    monitor: str = "val_mlrap",
 ) -> dict[str, Path]:
     """Writes an evaluation report folder: JSON, CSVs and the plots its inputs allow.
 
@@ -456,6 +457,7 @@ def write_report(
             pooled scores), ``"primary_idx"`` (int ``[files]``) and optionally
             ``"files"`` (``[files]`` names).
         history_csv: Optional Keras ``CSVLogger`` file of the training run.
+        monitor: The history column whose best epoch the training curves mark.
 
     Returns:
         Written files by kind: ``report``, ``per_class_ap_csv``,
@@ -517,5 +519,5 @@ def write_report(
         paths["per_class_ap"] = plot_per_class_ap(labels, ap, out / "per_class_ap.png", n_pos=n_pos)
 
     if history_csv is not None:
-        paths["training_curves"] = plot_training_curves(history_csv, out / "training_curves.png")
+        paths["training_curves"] = plot_training_curves(history_csv, out / "training_curves.png", monitor)
     return paths

@@ -98,7 +98,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | 
     history = run_dir / "history.csv"
     written = write_report(out, metrics, list(labels),
                            per_file={"scores": file_scores, "primary_idx": primary, "files": list(rows["key"])},
-                           history_csv=history if history.exists() else None)
+                           history_csv=history if history.exists() else None, monitor=cfg.train.monitor)
     pd.DataFrame(file_scores, columns=list(labels)).assign(file=list(rows["key"])).set_index("file").to_csv(
         out / "scores.csv", float_format="%.6f")
     log(format_metrics(metrics, by_pooling))
