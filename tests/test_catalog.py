@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import wave
 import warnings
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import xc_pr20_dir
 
 from birdnet_tf.data.catalog import (
     CatalogWarning,
@@ -21,15 +21,6 @@ from birdnet_tf.data.catalog import (
 from birdnet_tf.errors import CatalogError
 
 
-def xc_pr20_dir() -> Path | None:
-    """The real xc-pr20 dataset beside the repository, or from $BIRDNET_TF_XC_PR20."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared/data/xc-pr20"]
-    if os.environ.get("BIRDNET_TF_XC_PR20"):
-        candidates.append(Path(os.environ["BIRDNET_TF_XC_PR20"]))
-    for candidate in candidates:
-        if (candidate / "metadata.csv").is_file():
-            return candidate
-    return None
 
 
 def write_wav(path: Path, seconds: float = 0.01, rate: int = 8000) -> Path:
@@ -252,9 +243,7 @@ def test_read_catalog_errors(tmp_path: Path) -> None:
 
 
 def test_real_metadata() -> None:
-    folder = xc_pr20_dir()
-    if folder is None:
-        pytest.skip("xc-pr20 dataset not found")
+    folder = xc_pr20_dir() or pytest.skip("xc-pr20 dataset not found")
     with warnings.catch_warnings():
         warnings.simplefilter("error", CatalogWarning)
         df = load_catalog(folder)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import xc_pr20_dir
 
 from birdnet_tf.data.catalog import CatalogWarning, load_catalog
 from birdnet_tf.data.labels import (
@@ -22,15 +22,6 @@ from birdnet_tf.data.labels import (
 from birdnet_tf.errors import CatalogError
 
 
-def xc_pr20_dir() -> Path | None:
-    """The real xc-pr20 dataset beside the repository, or from $BIRDNET_TF_XC_PR20."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared/data/xc-pr20"]
-    if os.environ.get("BIRDNET_TF_XC_PR20"):
-        candidates.append(Path(os.environ["BIRDNET_TF_XC_PR20"]))
-    for candidate in candidates:
-        if (candidate / "metadata.csv").is_file():
-            return candidate
-    return None
 
 
 @pytest.fixture
@@ -173,9 +164,7 @@ def test_filter_known(catalog: pd.DataFrame) -> None:
 
 
 def test_real_targets() -> None:
-    folder = xc_pr20_dir()
-    if folder is None:
-        pytest.skip("xc-pr20 dataset not found")
+    folder = xc_pr20_dir() or pytest.skip("xc-pr20 dataset not found")
     df = load_catalog(folder)
     labels = LabelSet.from_catalog(df)
     assert len(labels) == 20

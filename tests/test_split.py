@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import xc_pr20_dir
 
 from birdnet_tf.data.catalog import load_catalog
 from birdnet_tf.data.split import assert_no_leak, describe_split, split_catalog
 from birdnet_tf.errors import CatalogError
 
 
-def xc_pr20_dir() -> Path | None:
-    """The real xc-pr20 dataset beside the repository, or from $BIRDNET_TF_XC_PR20."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared/data/xc-pr20"]
-    if os.environ.get("BIRDNET_TF_XC_PR20"):
-        candidates.append(Path(os.environ["BIRDNET_TF_XC_PR20"]))
-    for candidate in candidates:
-        if (candidate / "metadata.csv").is_file():
-            return candidate
-    return None
 
 
 @pytest.fixture(scope="module")
 def real() -> pd.DataFrame:
-    folder = xc_pr20_dir()
-    if folder is None:
-        pytest.skip("xc-pr20 dataset not found")
+    folder = xc_pr20_dir() or pytest.skip("xc-pr20 dataset not found")
     return load_catalog(folder)
 
 
