@@ -188,9 +188,9 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    warnings.formatwarning = _format_warning  # one line per warning, no source excerpt
     parser = build_parser()
     args = parser.parse_args(argv)
+    saved, warnings.formatwarning = warnings.formatwarning, _format_warning  # one line per warning
     try:
         return int(args.func(args) or 0)
     except BirdnetError as e:
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("birdnet-tf: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = saved
 
 
 if __name__ == "__main__":

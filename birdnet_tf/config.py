@@ -39,6 +39,7 @@ class FrontendConfig:
     power: float = 2.0  # 1 = magnitude, 2 = power spectrogram
     magnitude: str = "log"  # compression of the mel energies: log | log1p | none
     log_offset: float = 1e-6
+    center_bands: bool = True  # subtract each band's mean over the excerpt (per recording)
     band_norm: bool = True  # per-band standardisation (batch norm without scale/shift)
 
 
@@ -46,16 +47,16 @@ class FrontendConfig:
 class DataConfig:
     """Dataset split, excerpting, targets and batching."""
 
-    excerpt_s: float = 5.0  # training excerpt length = evaluation window length
-    eval_hop_s: float = 2.5  # hop between evaluation windows
-    max_eval_windows: int = 64  # per file, evenly spread over long files
+    excerpt_s: float = 3.0  # training excerpt length = evaluation window length
+    eval_hop_s: float = 3.0  # hop between evaluation windows
+    max_eval_windows: int = 32  # per file during training's validation, evenly spread over long files
     background_weight: float = 0.5  # target value of background species in the label set
     split_by: str = "auto"  # auto | recordist | class
     val_fraction: float = 0.2
     seed: int = 0
     batch_size: int = 32
-    excerpts_per_file_s: float = 20.0  # an epoch draws ceil(duration / this) excerpts per file ...
-    max_excerpts_per_file: int = 4  # ... at most this many
+    excerpts_per_file_s: float = 10.0  # an epoch draws ceil(duration / this) excerpts per file ...
+    max_excerpts_per_file: int = 8  # ... at most this many
     min_excerpts_per_file: int = 1
     file_pooling: str = "mean"  # pooling of window scores per file in validation
 
@@ -81,25 +82,25 @@ class ModelConfig:
     """Architecture, chosen by name from the model registry."""
 
     name: str = "ismir2016"
-    width: float = 1.0  # multiplier for convolution filters
-    dense_units: int = 256
-    dropout: float = 0.5
+    width: float = 0.5  # multiplier for convolution filters (1.0 = OFAI's 32/64)
+    dense_units: int = 128
+    dropout: float = 0.3
     temporal_pooling: str = "logmeanexp:1"  # max | mean | logmeanexp:a
-    output_activation: str = "sigmoid"  # sigmoid | softmax
+    output_activation: str = "softmax"  # softmax | sigmoid
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, logging and checkpoints."""
 
-    epochs: int = 30
+    epochs: int = 50
     steps_per_epoch: int = 0  # 0 = derived from the dataset (one pass of sampled excerpts)
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     min_learning_rate: float = 1e-5
     schedule: str = "cosine"  # cosine | constant
     warmup_epochs: float = 1.0
     weight_decay: float = 1e-4
-    loss: str = "bce"  # bce | cce
+    loss: str = "cce"  # cce (softmax cross-entropy) | bce
     label_smoothing: float = 0.0
     early_stopping_patience: int = 0  # epochs without val MLRAP improvement; 0 = off
     mixed_precision: bool = True  # used on a GPU only; float32 on CPU

@@ -152,14 +152,32 @@ class SpecAugment(keras.layers.Layer):
                 "time_mask_frames": self.time_mask_frames}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BandCentering(keras.layers.Layer):
+    """Subtracts each band's mean over time, per example: ``(batch, frames, bands)`` → same.
+
+    On log magnitudes this removes a recording's stationary spectral colouring (microphone,
+    recorder gain, steady background), which differs between recordists.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, x):
+        return x - tf.reduce_mean(x, axis=1, keepdims=True)
+
+
 def frontend_layers(cfg: Config) -> list[keras.layers.Layer]:
-    """The frontend stack for a config: mel → magnitude scaling → per-band standardisation."""
+    """The frontend stack for a config: mel → magnitude scaling → (band centring) → per-band standardisation."""
     fe: FrontendConfig = cfg.frontend
     layers = [
         MelSpectrogram(cfg.audio.sample_rate_hz, fe.n_fft, fe.hop_length, fe.n_mels,
                        fe.fmin_hz, fe.fmax_hz, fe.power, name="mel"),
         MagnitudeScaling(fe.magnitude, fe.log_offset, name="magnitude"),
     ]
+    if fe.center_bands:
+        layers.append(BandCentering(name="band_centering"))
     if fe.band_norm:
         # OFAI: batch normalisation without scale and shift = standardisation per band
         layers.append(keras.layers.BatchNormalization(axis=-1, center=False, scale=False,

@@ -9,7 +9,13 @@ librosa = pytest.importorskip("librosa")
 tf = pytest.importorskip("tensorflow")
 
 from birdnet_tf.config import Config  # noqa: E402
-from birdnet_tf.frontend import MagnitudeScaling, MelSpectrogram, SpecAugment, frontend_layers  # noqa: E402
+from birdnet_tf.frontend import (  # noqa: E402
+    BandCentering,
+    MagnitudeScaling,
+    MelSpectrogram,
+    SpecAugment,
+    frontend_layers,
+)
 
 SR = 22050
 
@@ -192,6 +198,7 @@ def test_spec_augment_masks_some_examples_over_many_draws():
     MelSpectrogram(16000, 512, 160, 64, 100.0, 7000.0, 1.0, name="m"),
     MagnitudeScaling("log1p", 1e-4, name="s"),
     SpecAugment(0.3, 1, 4, 3, 10, name="a"),
+    BandCentering(name="c"),
 ])
 def test_get_config_round_trip(layer):
     cfg = layer.get_config()
@@ -205,8 +212,24 @@ def test_get_config_round_trip(layer):
 
 
 def test_frontend_layers_follow_config():
-    cfg = Config().replace({"frontend.n_mels": 48, "frontend.magnitude": "log1p", "frontend.band_norm": False})
+    cfg = Config().replace({"frontend.n_mels": 48, "frontend.magnitude": "log1p", "frontend.band_norm": False,
+                            "frontend.center_bands": False})
     layers = frontend_layers(cfg)
     assert [type(layer).__name__ for layer in layers] == ["MelSpectrogram", "MagnitudeScaling"]
     assert layers[0].n_mels == 48 and layers[1].kind == "log1p"
-    assert len(frontend_layers(Config())) == 3  # with band norm
+    names = [layer.name for layer in frontend_layers(Config().replace({"frontend.center_bands": False}))]
+    assert names == ["mel", "magnitude", "band_norm"]
+    names = [layer.name for layer in frontend_layers(Config().replace({"frontend.center_bands": True}))]
+    assert names == ["mel", "magnitude", "band_centering", "band_norm"]
+
+
+def test_band_centering_removes_each_bands_mean_per_example():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 50, 8)).astype("float32") + np.arange(8, dtype="float32") * 3  # band offsets
+    x[1] += 10.0  # a louder recording
+    y = BandCentering()(x).numpy()
+    np.testing.assert_allclose(y.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y, x - x.mean(axis=1, keepdims=True), atol=1e-5)
+    # a constant gain (an offset in log magnitude) leaves the output unchanged
+    np.testing.assert_allclose(BandCentering()(x[:1] + 4.0).numpy(), y[:1], atol=1e-4)
+

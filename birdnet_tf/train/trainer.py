@@ -155,16 +155,16 @@ def _callbacks_module():
         ``val_loss``, ``val_mlrap``, ``val_mlrap_bg``, ``val_mrr``, ``val_cmap``,
         ``val_top1``, ``val_top5`` to the epoch logs."""
 
-        def __init__(self, windows, primary_idx, background, targets, pooling):
+        def __init__(self, windows, primary_idx, background, targets, pooling, loss):
             super().__init__()
             self.windows, self.primary_idx, self.background = windows, primary_idx, background
-            self.targets, self.pooling = targets, pooling
+            self.targets, self.pooling, self.loss = targets, pooling, loss
 
         def on_epoch_end(self, epoch, logs=None):
             from birdnet_tf.evaluate.run import score_windows
 
             scores = score_windows(self.model, self.windows, len(self.primary_idx), self.pooling)
-            metrics = file_metrics(scores, self.primary_idx, self.background, self.targets)
+            metrics = file_metrics(scores, self.primary_idx, self.background, self.targets, self.loss)
             if logs is not None:
                 logs.update({f"val_{k}": v for k, v in metrics.items()})
 
@@ -226,15 +226,20 @@ def _atomic_save(model, path: Path) -> None:
 
 
 def file_metrics(scores: np.ndarray, primary_idx: np.ndarray, background: np.ndarray,
-                 targets: np.ndarray) -> dict[str, float]:
-    """The validation metrics logged each epoch, from pooled file scores."""
+                 targets: np.ndarray, loss: str = "bce") -> dict[str, float]:
+    """The validation metrics logged each epoch, from pooled file scores; ``loss`` is the
+    training loss (``bce`` or ``cce``) computed on the file scores, so it compares with ``loss``."""
     from birdnet_tf.evaluate.metrics import evaluate_scores
 
     m = evaluate_scores(scores, primary_idx, background)
     p = np.clip(scores, 1e-7, 1 - 1e-7)
-    bce = float(-np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)))
+    if loss == "cce":
+        t = targets / np.maximum(targets.sum(axis=1, keepdims=True), 1e-7)
+        value = float(-np.mean(np.sum(t * np.log(p), axis=1)))
+    else:
+        value = float(-np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)))
     keys = ("mlrap", "mlrap_bg", "mrr", "cmap", "top1", "top5")
-    return {"loss": bce, **{k: float(m[k]) if m[k] is not None else float("nan") for k in keys}}
+    return {"loss": value, **{k: float(m[k]) if m[k] is not None else float("nan") for k in keys}}
 
 
 def _trim_history(history: Path, keep_epochs: int) -> None:
@@ -337,7 +342,7 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     FileValidation, RunCheckpoint = _callbacks_module()
     callbacks = [
-        FileValidation(windows, val_primary, val_bg, val_targets, cfg.data.file_pooling),
+        FileValidation(windows, val_primary, val_bg, val_targets, cfg.data.file_pooling, cfg.train.loss),
         RunCheckpoint(paths, cfg.train.monitor, cfg.train.early_stopping_patience, state),
         keras.callbacks.CSVLogger(str(paths.history), append=True),
         keras.callbacks.TensorBoard(log_dir=str(paths.logs), write_graph=False, profile_batch=0),
