@@ -5,8 +5,8 @@ take a random excerpt of ``data.excerpt_s``, and compute the log-mel spectrogram
 the default frontend settings (birdnet-tf also applies its waveform augmentations and
 per-band standardisation). birdnet-tf: the tf.data training pipeline feeding the
 model's frontend layers in batches. librosa: ``librosa.load(offset, duration)`` +
-``librosa.feature.melspectrogram`` + log, per excerpt — once in one process (how it
-is usually run) and once over two worker processes.
+``librosa.feature.melspectrogram`` + log, per excerpt, in one process (how it is
+usually run; NumPy may use both cores for the mel product).
 
     python benchmarks/pipeline_throughput.py [--files 60] [--excerpts 600]
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -90,17 +89,9 @@ def main() -> None:
     t = time.perf_counter()
     audio = librosa_excerpts(jobs, cfg)
     lib1 = audio / (time.perf_counter() - t)
-    with ProcessPoolExecutor(2) as pool:
-        list(pool.map(librosa_excerpts, [jobs[:2], jobs[2:4]], [cfg, cfg]))
-        t = time.perf_counter()
-        audio = sum(pool.map(librosa_excerpts, [jobs[0::2], jobs[1::2]], [cfg, cfg]))
-        lib2 = audio / (time.perf_counter() - t)
-
-    print(f"{'pipeline':<44}{'audio s / wall s':>18}{'vs librosa (1 proc)':>22}")
-    for name, v in [("birdnet-tf tf.data + in-model frontend", ours), ("librosa load+melspectrogram, 1 process", lib1),
-                    ("librosa load+melspectrogram, 2 processes", lib2)]:
+    print(f"{'pipeline':<44}{'audio s / wall s':>18}{'vs librosa':>22}")
+    for name, v in [("birdnet-tf tf.data + in-model frontend", ours), ("librosa load+melspectrogram", lib1)]:
         print(f"{name:<44}{v:>18.0f}{v / lib1:>21.2f}x")
-    print(f"birdnet-tf / librosa (2 processes): {ours / lib2:.2f}x")
     sys.stdout.flush()
 
 

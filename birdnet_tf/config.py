@@ -67,7 +67,7 @@ class AugmentConfig:
 
     gain_prob: float = 0.8
     gain_db: float = 6.0  # uniform in ±gain_db
-    shift_prob: float = 1.0  # random circular time shift within the excerpt
+    shift_prob: float = 0.0  # circular shift; redundant with random excerpt starts (short files loop from a random point)
     noise_prob: float = 0.5
     noise_snr_db: tuple[float, float] = (3.0, 30.0)
     mask_prob: float = 0.5  # SpecAugment-style masks, applied in the model after the frontend

@@ -55,13 +55,31 @@ class MelSpectrogram(keras.layers.Layer):
             sample_rate=self.sample_rate_hz, lower_edge_hertz=self.fmin_hz,
             upper_edge_hertz=self.fmax_hz, dtype=tf.float32)
 
+    def frames(self, x):
+        """``(batch, samples)`` → ``(batch, frames, n_fft)`` overlapping frames (no padding at the end).
+
+        Built from hop-sized blocks: frame ``i`` is blocks ``i … i+k-1`` side by side, the
+        last one cut short. Reshapes, slices and one concat — several times faster on a CPU
+        than ``tf.signal.frame``, which gathers when the hop does not divide the frame length.
+        """
+        hop, n_fft = self.hop_length, self.n_fft
+        k = -(-n_fft // hop)  # blocks per frame
+        rest = n_fft - (k - 1) * hop  # samples used from the last block
+        n_frames = 1 + (tf.shape(x)[1] - n_fft) // hop
+        need = (n_frames - 1 + k) * hop
+        x = tf.pad(x, [[0, 0], [0, tf.maximum(need - tf.shape(x)[1], 0)]])[:, :need]
+        blocks = tf.reshape(x, [tf.shape(x)[0], n_frames - 1 + k, hop])
+        parts = [blocks[:, j:j + n_frames] for j in range(k - 1)]
+        parts.append(blocks[:, k - 1:k - 1 + n_frames, :rest])
+        return tf.concat(parts, axis=-1)
+
     def call(self, waveform):
         x = tf.cast(waveform, tf.float32)
         # Inputs shorter than one frame are zero-padded to a single frame.
         short = tf.maximum(self.n_fft - tf.shape(x)[-1], 0)
         x = tf.pad(x, [[0, 0], [0, short]])
-        stft = tf.signal.stft(x, frame_length=self.n_fft, frame_step=self.hop_length,
-                              fft_length=self.n_fft, window_fn=tf.signal.hann_window, pad_end=False)
+        window = tf.signal.hann_window(self.n_fft, dtype=tf.float32)
+        stft = tf.signal.rfft(self.frames(x) * window, fft_length=[self.n_fft])
         spec = tf.square(tf.math.real(stft)) + tf.square(tf.math.imag(stft))  # power, without a sqrt
         if self.power == 1.0:
             spec = tf.sqrt(spec)

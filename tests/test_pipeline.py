@@ -105,7 +105,7 @@ def test_training_dataset_shapes(wavs, tiny_config):
     ds = training_dataset(paths, targets, durations, cfg)
     batches = list(ds)
     assert len(batches) == steps_in_epoch(durations, cfg) == 2  # 5 excerpts in batches of 3
-    assert [tuple(b[0].shape) for b in batches] == [(3, cfg.excerpt_samples), (2, cfg.excerpt_samples)]
+    assert sorted(tuple(b[0].shape) for b in batches) == [(2, cfg.excerpt_samples), (3, cfg.excerpt_samples)]
     assert all(tuple(b[1].shape[1:]) == (4,) for b in batches)
     assert all(b[0].dtype == tf.float32 and b[1].dtype == tf.float32 for b in batches)
     seen = np.concatenate([b[1].numpy() for b in batches])

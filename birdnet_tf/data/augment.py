@@ -1,9 +1,10 @@
-"""Waveform augmentations: pure per-example TF functions, each the identity at probability 0.
+"""Waveform augmentations: pure TF functions, each the identity at probability 0.
 
-All take and return a float32 waveform ``(samples,)`` and draw from TF's global
-random state, so they work inside ``tf.data`` maps. Spectrogram masks live in the
-model (:class:`birdnet_tf.frontend.SpecAugment`), because the spectrogram only
-exists there.
+Each takes float32 waveforms of shape ``(samples,)`` or ``(batch, samples)`` and draws
+its randomness per waveform (per row), so the training pipeline applies them once per
+batch — vectorised — rather than once per example. They draw from TF's global random
+state and work inside ``tf.data`` maps. Spectrogram masks live in the model
+(:class:`birdnet_tf.frontend.SpecAugment`), because the spectrogram only exists there.
 """
 
 from __future__ import annotations
@@ -12,44 +13,51 @@ import tensorflow as tf
 
 from birdnet_tf.config import AugmentConfig
 
+_SQRT3 = 1.7320508075688772
 
-def _coin(prob: float) -> tf.Tensor:
-    return tf.random.uniform(()) < prob
+
+def _row_shape(x: tf.Tensor) -> tf.Tensor:
+    """Shape of one random draw per waveform: ``x``'s leading dims and 1."""
+    return tf.concat([tf.shape(x)[:-1], [1]], axis=0)
+
+
+def _coin(x: tf.Tensor, prob: float) -> tf.Tensor:
+    """Boolean per waveform, True with probability ``prob``."""
+    return tf.random.uniform(_row_shape(x)) < prob
 
 
 def random_gain(x: tf.Tensor, prob: float, max_db: float) -> tf.Tensor:
-    """Scales by a gain drawn uniformly in ±``max_db`` dB, with probability ``prob``."""
+    """Scales each waveform by a gain uniform in ±``max_db`` dB, with probability ``prob``."""
     if prob <= 0 or max_db <= 0:
         return x
-    db = tf.random.uniform((), -max_db, max_db)
-    gain = tf.pow(10.0, db / 20.0)
-    return tf.where(_coin(prob), x * gain, x)
+    db = tf.random.uniform(_row_shape(x), -max_db, max_db)
+    return x * tf.where(_coin(x, prob), tf.pow(10.0, db / 20.0), 1.0)
 
 
 def random_shift(x: tf.Tensor, prob: float) -> tf.Tensor:
-    """Circularly shifts by a uniform random number of samples, with probability ``prob``."""
+    """Circularly shifts each waveform by a uniform random number of samples, with probability ``prob``."""
     if prob <= 0:
         return x
-    n = tf.shape(x)[0]
-    shift = tf.random.uniform((), 0, tf.maximum(n, 1), dtype=tf.int32)
-    return tf.where(_coin(prob), tf.roll(x, shift, axis=0), x)
+    n = tf.shape(x)[-1]
+    shift = tf.random.uniform(_row_shape(x), 0, tf.maximum(n, 1), dtype=tf.int32)
+    shift = tf.where(_coin(x, prob), shift, 0)
+    idx = (tf.range(n) + shift) % tf.maximum(n, 1)
+    return tf.gather(x, idx, batch_dims=len(x.shape) - 1)
 
 
 def add_noise(x: tf.Tensor, prob: float, snr_db: tuple[float, float]) -> tf.Tensor:
-    """Adds white Gaussian noise at an SNR drawn uniformly in ``snr_db``, with probability ``prob``.
+    """Adds white noise at an SNR uniform in ``snr_db`` to each waveform, with probability ``prob``.
 
-    The SNR is relative to the excerpt's RMS; a silent excerpt gets noise at RMS 1e-4.
+    The SNR is relative to the waveform's RMS (a silent one gets noise at RMS 1e-4). The
+    noise is uniform with unit variance, which is white like Gaussian noise and cheaper.
     """
     if prob <= 0:
         return x
     lo, hi = snr_db
-
-    def noisy():
-        snr = tf.random.uniform((), lo, hi)
-        rms = tf.maximum(tf.sqrt(tf.reduce_mean(tf.square(x)) + 1e-12), 1e-4)
-        return x + tf.random.normal(tf.shape(x)) * rms / tf.pow(10.0, snr / 20.0)
-
-    return tf.cond(_coin(prob), noisy, lambda: x)
+    snr = tf.random.uniform(_row_shape(x), lo, hi)
+    rms = tf.maximum(tf.sqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True) + 1e-12), 1e-4)
+    scale = tf.where(_coin(x, prob), rms / tf.pow(10.0, snr / 20.0), 0.0)
+    return x + tf.random.uniform(tf.shape(x), -_SQRT3, _SQRT3) * scale
 
 
 def augment_waveform(x: tf.Tensor, aug: AugmentConfig, training: bool) -> tf.Tensor:

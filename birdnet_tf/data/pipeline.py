@@ -124,12 +124,16 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
         ds = ds.repeat()
 
     def load(path, offset, n_frames, target):
-        x = read_excerpt(path, offset, n_frames, n)
-        x = augment_waveform(x, cfg.augment, training)
-        return tf.ensure_shape(x, (n,)), target
+        return tf.ensure_shape(read_excerpt(path, offset, n_frames, n), (n,)), target
+
+    def augment(x, target):  # once per batch, vectorised
+        return augment_waveform(x, cfg.augment, training), target
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
-    return ds.batch(cfg.data.batch_size, drop_remainder=False).prefetch(AUTOTUNE)
+    ds = ds.batch(cfg.data.batch_size, drop_remainder=False)
+    if training:
+        ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=False)
+    return ds.prefetch(AUTOTUNE)
 
 
 def steps_in_epoch(durations_s: np.ndarray, cfg: Config) -> int:
