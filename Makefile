@@ -42,7 +42,8 @@ $(STAMP): setup.py constraints.txt
 
 # ------------------------------------------------------------------------ demo
 demo: venv
-	$(DEMO_ENV) $(BIN)/birdnet-tf train --config $(DEMO_RECIPE) --data $(DEMO_DATA) --out $(DEMO_RUN)
+	$(DEMO_ENV) $(BIN)/birdnet-tf train --config $(DEMO_RECIPE) --data $(DEMO_DATA) --out $(DEMO_RUN) \
+		|| { echo "hint: 'make demo-clean' starts the demo afresh (needed after changing the recipe or upgrading)"; exit 2; }
 	$(DEMO_ENV) $(BIN)/birdnet-tf export $(DEMO_RUN) --out $(DEMO_RUN)/export --force
 	$(DEMO_ENV) $(BIN)/birdnet-tf predict $(DEMO_RUN)/export $(DEMO_DATA)/audio \
 		--out $(DEMO_RUN)/predictions.csv --force
