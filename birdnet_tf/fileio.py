@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 
-def temp_file_beside(path: Path) -> tuple[int, str]:
+def temp_file_beside(path: Path, suffix: str = "") -> tuple[int, str]:
     """Creates a new, hidden temporary file in ``path``'s folder.
 
     Unlike :func:`tempfile.mkstemp` the file gets the usual permissions
@@ -32,7 +32,7 @@ def temp_file_beside(path: Path) -> tuple[int, str]:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        tmp = os.path.join(path.parent, f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+        tmp = os.path.join(path.parent, f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part{suffix}")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
@@ -41,14 +41,15 @@ def temp_file_beside(path: Path) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it over ``path`` if the block succeeds.
 
     The temporary file exists (empty) when the block starts; on an exception it is removed.
+    ``suffix`` ends the temporary name, for writers that insist on one (Keras: ``.keras``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(path)
+    fd, tmp = temp_file_beside(path, suffix)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -219,10 +219,8 @@ def _callbacks_module():
 def _atomic_save(model, path: Path) -> None:
     from birdnet_tf.fileio import atomic_path
 
-    with atomic_path(path.with_suffix(".keras")) as tmp:
-        keras_tmp = tmp.with_name(tmp.name + ".keras")  # Keras insists on the suffix
-        model.save(str(keras_tmp))
-        os.replace(keras_tmp, tmp)
+    with atomic_path(path, suffix=".keras") as tmp:  # Keras insists on the suffix
+        model.save(str(tmp))
 
 
 def file_metrics(scores: np.ndarray, primary_idx: np.ndarray, background: np.ndarray,
@@ -284,7 +282,7 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     resume = check_run_folder(paths, cfg)
     check_input_length(cfg)
     state = json.loads(paths.state.read_text()) if resume and paths.state.exists() else {}
-    if resume and state.get("epoch", 0) >= cfg.train.epochs or state.get("stopped_early"):
+    if resume and (state.get("epoch", 0) >= cfg.train.epochs or state.get("stopped_early")):
         log(f"{paths.root}: training already finished (epoch {state.get('epoch')}, "
             f"best {state.get('monitor')} {state.get('best'):.4f} at epoch {state.get('best_epoch')})")
         return _summary(paths, state, t0, epochs_run=0)
