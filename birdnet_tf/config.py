@@ -261,18 +261,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return cfg.replace(overrides or [], "command line")
 
 
-def save_json(obj: Any, path: str | os.PathLike) -> None:
-    """Writes JSON atomically (temp file + rename) so a crash never leaves half a file."""
-    from birdnet_tf.fileio import write_json_atomic
-
-    write_json_atomic(path, obj)
-
-
 def save_config(cfg: Config, path: str | os.PathLike, **extra: Any) -> None:
     """Saves the config plus the package version (and any ``extra`` keys) as JSON."""
     from birdnet_tf import __version__
 
-    save_json({"birdnet_tf_version": __version__, **extra, **cfg.to_dict()}, path)
+    from birdnet_tf.fileio import write_json_atomic
+
+    write_json_atomic(path, {"birdnet_tf_version": __version__, **extra, **cfg.to_dict()})
 
 
 def read_config_json(path: str | os.PathLike) -> tuple[Config, dict[str, Any]]:

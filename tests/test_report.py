@@ -62,7 +62,7 @@ def test_plot_training_curves(tmp_path, history):
     assert out == tmp_path / "curves.png"
     w, h = png_size(out)
     assert w > 300 and h > 300
-    assert not list(tmp_path.glob(".*.tmp"))  # no temporary left behind
+    assert not list(tmp_path.glob(".*.part*"))  # no temporary left behind
 
 
 def test_plot_training_curves_missing_columns(tmp_path):

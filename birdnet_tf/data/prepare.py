@@ -166,10 +166,6 @@ def _valid_output(path: Path, sample_rate_hz: int) -> float | None:
 # --------------------------------------------------------------------------
 
 
-def _write_json_atomic(path: Path, obj: object) -> None:
-    write_json_atomic(path, obj)
-
-
 def _check_marker(out_dir: Path, sample_rate_hz: int) -> None:
     marker = out_dir / MARKER_NAME
     if not marker.exists():
@@ -326,7 +322,7 @@ def prepare(
     plan = _plan(files, out_dir)
     _check_marker(out_dir, sample_rate_hz)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(
+    write_json_atomic(
         out_dir / MARKER_NAME, {"sample_rate_hz": sample_rate_hz, "format": _MARKER_FORMAT}
     )
 
@@ -430,7 +426,7 @@ def _run_pool(
 
 
 def _write_report(result: PrepareResult, n_files: int) -> None:
-    _write_json_atomic(
+    write_json_atomic(
         result.out_dir / REPORT_NAME,
         {
             "sample_rate_hz": result.sample_rate_hz,

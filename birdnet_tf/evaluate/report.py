@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,24 +64,13 @@ def _dpi(width_in: float, height_in: float, preferred: float = 120.0) -> float:
 
 
 def _atomic_write(path: Path, write: Any, mode: str = "w") -> Path:
-    """Calls ``write(fileobj)`` on a temporary file beside ``path``, then renames it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique name in the same folder (os.replace is atomic only within one file
-    # system); opened normally so the file gets the usual permissions (umask)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        kwargs = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
-        with open(tmp, "xb" if "b" in mode else "x", **kwargs) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    """Calls ``write(fileobj)`` on a temporary file beside ``path``, then renames it over ``path``."""
+    from birdnet_tf.fileio import atomic_path
+
+    kwargs = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
+        write(fh)
+    return Path(path)
 
 
 def _save(fig: Any, out_png: str | os.PathLike[str], dpi: float) -> Path:

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from birdnet_tf.config import Config, read_config_json, save_config, save_json
+from birdnet_tf.config import Config, read_config_json, save_config
+from birdnet_tf.fileio import write_json_atomic
 from birdnet_tf.errors import BirdnetError, ConfigError
 
 
@@ -203,14 +204,14 @@ def _callbacks_module():
             _atomic_save(self.model, self.paths.last)
             self.state.update(epoch=epoch + 1, monitor=self.monitor,
                               **{f"last_{k}": float(v) for k, v in logs.items() if np.isscalar(v)})
-            save_json(self.state, self.paths.state)
+            write_json_atomic(self.paths.state, self.state)
             marker = " *best*" if improved else ""
             print(f"epoch {epoch + 1}: {self.monitor} {value:.4f} (best {self.state['best']:.4f} "
                   f"at epoch {self.state['best_epoch']}){marker}", flush=True)
             if self.patience and epoch + 1 - self.state["best_epoch"] >= self.patience:
                 print(f"early stopping: no improvement of {self.monitor} for {self.patience} epochs", flush=True)
                 self.state["stopped_early"] = True
-                save_json(self.state, self.paths.state)
+                write_json_atomic(self.paths.state, self.state)
                 self.model.stop_training = True
 
     return FileValidation, RunCheckpoint
