@@ -20,10 +20,14 @@ INSTALL_REQUIRES = [
     "pyyaml==6.0.3",
     "matplotlib==3.11.2",
     "tensorboard==2.21.0",
+    "opencv-python-headless==5.0.0.93",  # PNG chunks and the baseline's signal/noise rule (headless: no GUI aborts)
+    "aiohttp==3.14.5",  # birdnet-tf serve (TF Serving REST API)
+    "tensorflow-serving-api==2.21.0",  # gRPC client for TF Serving
+    "ai-edge-litert==2.3.0",  # runs exported TFLite models (tf.lite.Interpreter is deprecated)
 ]
 EXTRAS = {
     # reference implementations used by tests and benchmarks
-    "dev": ["pytest==9.2.0", "librosa==0.11.0", "scikit-learn==1.9.1", "scipy==1.17.1"],
+    "dev": ["pytest==9.2.0", "librosa==0.11.0", "scikit-learn==1.9.1", "scipy==1.17.1", "psutil==7.2.2"],
 }
 
 setup(
