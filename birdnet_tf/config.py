@@ -108,6 +108,32 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ChunkConfig:
+    """The 2018 baseline's spectrogram chunks (``birdnet-tf extract``, REFERENCE §1).
+
+    Fixed-length chunks of a recording become 0..1 spectrogram images of
+    ``width`` frames × ``height`` bands; a rule-based signal/noise score decides
+    which chunks contain bird sound.
+    """
+
+    sample_rate_hz: int = 44100
+    chunk_s: float = 1.0  # SPEC_LENGTH
+    overlap_s: float = 0.25  # SPEC_OVERLAP: consecutive chunks overlap by this much (step = chunk - overlap)
+    min_chunk_s: float = 1.0  # SPEC_MINLEN: shorter chunks are dropped; the last one is zero-padded
+    spectrogram: str = "mel"  # mel | linear
+    width: int = 256  # image width = frames per chunk
+    height: int = 128  # image height = mel bands (or linear bins kept)
+    fmin_hz: float = 500.0
+    fmax_hz: float = 15000.0
+    top_db: float = 80.0
+    preemphasis: float = 0.0  # 0.95 enables the baseline's optional pre-emphasis
+    signal_threshold: float = 0.001  # SPEC_SIGNAL_THRESHOLD: chunks scoring below are noise
+    noise_fraction: float = 0.1  # share of rejected chunks saved to the noise/ set
+    s2n_interval: tuple[float, float] = (50.0, 2500.0)  # training keeps chunks with score × 1e4 in this range
+    max_chunks_per_file: int = 128  # MAX_SPECS_PER_FILE at test time
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run: every stage's settings."""
 
@@ -117,6 +143,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    chunks: ChunkConfig = field(default_factory=ChunkConfig)
 
     # ----------------------------------------------------------------- derived
     @property
