@@ -1,6 +1,6 @@
 """The catalog: one table describing every recording of a dataset.
 
-A dataset folder is read in one of two layouts, detected automatically:
+A dataset folder is read in one of three layouts, detected automatically:
 
 * **metadata.csv** — a folder holding ``metadata.csv`` with at least the columns
   ``filename`` (path of the audio file relative to the folder) and
@@ -10,8 +10,17 @@ A dataset folder is read in one of two layouts, detected automatically:
 * **class folders** — a folder with one subfolder per class, each holding audio
   files (``.wav .flac .ogg .oga .mp3 .opus``, any case; searched recursively);
   the label is the name of the subfolder. Other files are ignored.
+* **BirdCLEF XML** — a folder without ``metadata.csv`` holding one ``*.xml`` file
+  per recording with an ``<Audio>`` root (the BirdCLEF 2017/2018 training set;
+  tags ``MediaId, FileName, ClassId, Date, Time, Latitude, Longitude,
+  Elevation, Author, BackgroundSpecies, Genus, Species, VernacularNames``, ...),
+  or a folder whose ``xml/`` subfolder is one; see :func:`load_birdclef_xml`.
+  The label is the scientific name ``"Genus Species"``; the catalog also gets
+  ``class_id`` (``ClassId``), ``common_name`` (the first of the comma separated
+  ``VernacularNames``) and ``media_id`` (``MediaId``), and ``recordist`` is
+  ``Author``.
 
-Either way :func:`load_catalog` returns a :class:`pandas.DataFrame` with one row
+Whatever the layout, :func:`load_catalog` returns a :class:`pandas.DataFrame` with one row
 per recording:
 
 =====================  ==========================================================
@@ -22,12 +31,16 @@ per recording:
 ``recordist``          ``str`` or ``pd.NA``
 ``date``, ``time``,    raw strings as entered, ``pd.NA`` where empty or ``?``
 ``latitude``, ...
+``class_id``,          BirdCLEF XML only: ``ClassId``, the first
+``common_name``,       ``VernacularNames`` entry, ``MediaId``, ``Locality``,
+``media_id``, ...      ``Quality`` (strings, ``pd.NA`` where empty or ``?``)
 other columns          passed through as strings, ``pd.NA`` where empty or ``?``
 =====================  ==========================================================
 
 Metadata values are not parsed here (that is a later stage); only empty values
 and ``?`` become ``pd.NA``. Rows that cannot be used (empty label or filename,
-missing audio file, repeated filename) are skipped with one summarising
+missing audio file, repeated filename; for XML also a file that does not parse
+or lacks ``Genus``/``Species``/``FileName``) are skipped with one summarising
 :class:`CatalogWarning` and listed in ``df.attrs["skipped"]``.
 """
 
@@ -37,6 +50,7 @@ import ast
 import os
 import posixpath
 import warnings
+import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -52,6 +66,8 @@ __all__ = [
     "CATALOG_COLUMNS",
     "CatalogWarning",
     "METADATA_FILENAME",
+    "is_birdclef_xml_dir",
+    "load_birdclef_xml",
     "load_catalog",
     "parse_secondary_labels",
     "read_catalog",
@@ -277,17 +293,198 @@ def _load_class_folders(data_dir: Path) -> pd.DataFrame:
     return catalog
 
 
+XML_SUFFIX = ".xml"
+"""Suffix (lower case) of the per-recording metadata files of a BirdCLEF XML dataset."""
+
+XML_ROOT_TAG = "Audio"
+"""Root element of a BirdCLEF recording's XML file."""
+
+XML_AUDIO_FOLDERS = ("audio", "wav")
+"""Sibling folders of an XML folder searched for the audio (BirdCLEF ships ``xml/`` beside ``wav/``)."""
+
+XML_EXTRA_COLUMNS = ("class_id", "common_name", "media_id", "locality", "quality")
+"""Columns a BirdCLEF XML catalog has beyond :data:`CATALOG_COLUMNS`, in order."""
+
+_XML_SNIFF_FILES = 5
+_XML_MISSING_VALUES = frozenset({"None"})  # besides MISSING_VALUES: what Python writers leave for "no value"
+_XML_TAGS = {  # catalog column -> XML tag
+    "recordist": "Author",
+    "date": "Date",
+    "time": "Time",
+    "latitude": "Latitude",
+    "longitude": "Longitude",
+    "elevation": "Elevation",
+    "class_id": "ClassId",
+    "media_id": "MediaId",
+    "locality": "Locality",
+    "quality": "Quality",
+}
+
+
+def _xml_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.suffix.lower() == XML_SUFFIX and not _is_hidden(p.name) and p.is_file()
+    )
+
+
+def _xml_root_tag(path: Path) -> str | None:
+    """The tag of an XML file's root element, read without parsing the rest; None if unreadable."""
+    try:
+        for _, element in ElementTree.iterparse(path, events=("start",)):
+            return element.tag
+    except (ElementTree.ParseError, OSError, UnicodeDecodeError, ValueError):
+        return None
+    return None
+
+
+def is_birdclef_xml_dir(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` is a BirdCLEF XML dataset.
+
+    True when it is a folder without ``metadata.csv`` that holds ``*.xml`` files
+    and one of the first few (by name) has an ``<Audio>`` root element.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / METADATA_FILENAME).is_file():
+        return False
+    try:
+        files = _xml_files(folder)
+    except OSError:
+        return False
+    return any(_xml_root_tag(p) == XML_ROOT_TAG for p in files[:_XML_SNIFF_FILES])
+
+
+def _read_xml_record(path: Path) -> dict[str, Any] | str:
+    """The child elements of one ``<Audio>`` record as ``{tag (lower case): cleaned text}``, or why not."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as exc:
+        return f"XML does not parse ({exc})"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"XML cannot be read ({exc})"
+    if root.tag != XML_ROOT_TAG:
+        return f"XML root is <{root.tag}>, not <{XML_ROOT_TAG}>"
+    fields: dict[str, Any] = {}
+    for child in root:
+        if isinstance(child.tag, str):
+            value = _clean(child.text)
+            if isinstance(value, str) and value in _XML_MISSING_VALUES:
+                value = pd.NA
+            fields.setdefault(child.tag.strip().lower(), value)
+    return fields
+
+
+def load_birdclef_xml(
+    xml_dir: str | os.PathLike[str], audio_dir: str | os.PathLike[str] | None = None
+) -> pd.DataFrame:
+    """Reads a BirdCLEF XML dataset (one ``<Audio>`` XML file per recording) into a catalog.
+
+    Each file's ``FileName`` is looked up in ``audio_dir`` when given, else next
+    to the XML files, then in a sibling ``audio/`` or ``wav/`` folder (BirdCLEF
+    ships ``xml/`` beside ``wav/``). The label is ``"Genus Species"`` (the
+    scientific name); ``BackgroundSpecies`` is a comma-separated list (a missing
+    or empty tag, as in the 2017 set, means none); ``Author`` becomes
+    ``recordist``; missing or empty tags and the values ``?`` and ``None``
+    become ``pd.NA``.
+
+    Args:
+        xml_dir: The folder of ``*.xml`` files (not searched recursively).
+        audio_dir: Where the audio files are, if not in one of the default places.
+
+    Returns:
+        A catalog (see the module docstring) with the extra columns
+        :data:`XML_EXTRA_COLUMNS`, one row per usable XML file in file-name
+        order. ``key`` is ``FileName`` (relative to the folder it was found in),
+        prefixed with ``audio/`` or ``wav/`` when found in a sibling folder.
+        ``attrs["skipped"]`` lists ``(XML file name, reason)``.
+
+    Raises:
+        CatalogError: ``xml_dir`` (or ``audio_dir``) is not a folder, holds no
+            ``*.xml`` files, or none of them is usable.
+
+    Warns:
+        CatalogWarning: Once, summarising the skipped XML files: files that do not
+            parse or have another root than ``<Audio>``, lack ``Genus``,
+            ``Species`` or ``FileName``, name an unsafe path (absolute or with
+            ``..``), repeat another file's ``FileName``, or whose audio is missing.
+    """
+    folder = Path(xml_dir).expanduser()
+    if not folder.is_dir():
+        raise CatalogError(f"{folder}: XML folder does not exist or is not a folder")
+    if audio_dir is not None:
+        audio_root = Path(audio_dir).expanduser()
+        if not audio_root.is_dir():
+            raise CatalogError(f"{audio_root}: audio folder does not exist or is not a folder")
+        places = [(audio_root, "")]
+    else:
+        places = [(folder, "")] + [(folder.parent / name, f"{name}/") for name in XML_AUDIO_FOLDERS]
+        places = [(place, prefix) for place, prefix in places if place.is_dir()]
+    files = _xml_files(folder)
+    if not files:
+        raise CatalogError(f"{folder}: no *{XML_SUFFIX} files (expected one BirdCLEF XML file per recording)")
+
+    records: list[dict[str, Any]] = []
+    skipped: list[tuple[Any, str]] = []
+    seen: set[str] = set()
+    for xml_path in files:
+        fields = _read_xml_record(xml_path)
+        if isinstance(fields, str):
+            skipped.append((xml_path.name, fields if fields.startswith("XML root") else fields.split(" (")[0]))
+            continue
+        genus, species, filename = fields.get("genus", pd.NA), fields.get("species", pd.NA), fields.get("filename", pd.NA)
+        if genus is pd.NA or species is pd.NA:
+            skipped.append((xml_path.name, "no Genus/Species"))
+            continue
+        if filename is pd.NA:
+            skipped.append((xml_path.name, "no FileName"))
+            continue
+        name = _normalise_key(filename)
+        if Path(name).is_absolute() or name.split("/")[0] == ".." or name == ".":
+            skipped.append((xml_path.name, "unsafe FileName"))
+            continue
+        if name in seen:
+            skipped.append((xml_path.name, "FileName repeated"))
+            continue
+        found = next(((place / name, prefix) for place, prefix in places if (place / name).is_file()), None)
+        if found is None:
+            skipped.append((xml_path.name, "audio file not found"))
+            continue
+        seen.add(name)
+        label = " ".join(f"{genus} {species}".split())
+        vernacular = fields.get("vernacularnames", pd.NA)
+        record = {column: fields.get(tag.lower(), pd.NA) for column, tag in _XML_TAGS.items()}
+        record.update(
+            key=found[1] + name,
+            path=os.path.abspath(found[0]),
+            primary_label=label,
+            secondary_labels=parse_secondary_labels(fields.get("backgroundspecies", pd.NA), primary=label),
+            common_name=pd.NA if vernacular is pd.NA else _clean(vernacular.split(",")[0]),
+        )
+        records.append(record)
+    _warn_skipped(folder, len(files), skipped)
+    if not records:
+        reasons = Counter(reason for _, reason in skipped)
+        summary = ", ".join(f"{count} {reason}" for reason, count in reasons.items())
+        raise CatalogError(f"{folder}: empty dataset: all {len(files)} XML files were skipped ({summary})")
+    catalog = _finish(pd.DataFrame.from_records(records), list(XML_EXTRA_COLUMNS))
+    catalog.attrs["skipped"] = skipped
+    catalog.attrs["source"] = str(folder)
+    return catalog
+
+
 def load_catalog(data_dir: str | os.PathLike[str], *, check_files: bool = True) -> pd.DataFrame:
     """Reads a dataset folder into a catalog table.
 
     The layout is detected: a folder holding ``metadata.csv`` is read as a
-    metadata table, any other folder as one subfolder per class.
+    metadata table; a folder without one that holds BirdCLEF XML files (``*.xml``
+    with an ``<Audio>`` root), or whose ``xml/`` subfolder does, is read with
+    :func:`load_birdclef_xml` (audio next to the XML files or in a sibling
+    ``audio/`` or ``wav/`` folder); any other folder as one subfolder per class.
 
     Args:
         data_dir: The dataset folder.
         check_files: Whether rows of ``metadata.csv`` whose audio file does not
-            exist are skipped (the default). Class-folder datasets only list
-            files that exist.
+            exist are skipped (the default). Class-folder and XML datasets only
+            list files that exist.
 
     Returns:
         One row per recording, columns :data:`CATALOG_COLUMNS` followed by the
@@ -312,6 +509,9 @@ def load_catalog(data_dir: str | os.PathLike[str], *, check_files: bool = True) 
         )
     if (folder / METADATA_FILENAME).is_file():
         return _load_metadata_csv(folder, check_files)
+    for xml_dir in (folder, folder / "xml"):
+        if is_birdclef_xml_dir(xml_dir):
+            return load_birdclef_xml(xml_dir)
     return _load_class_folders(folder)
 
 

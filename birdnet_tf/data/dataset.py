@@ -24,7 +24,7 @@ from birdnet_tf.data.catalog import load_catalog
 from birdnet_tf.data.prepare import MARKER_NAME, output_path_for, prepare
 
 #: columns that are regenerated for a prepared dataset and not copied as metadata
-_DERIVED = ("key", "path", "wav_path", "duration_s", "split")
+_DERIVED = ("key", "path", "wav_path", "duration_s")  # a "split" column (from birdnet-tf sort) is kept
 
 
 def default_cache_root() -> Path:

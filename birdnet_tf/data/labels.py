@@ -4,6 +4,11 @@ A :class:`LabelSet` fixes the order of the classes a model predicts; it is built
 from the primary labels of a training catalog (background-only species are not
 classes), saved next to every model as ``labels.txt`` and loaded back.
 
+Where a dataset has class ids besides its labels (BirdCLEF's ``ClassId``, which
+submissions use), ``labels.csv`` maps one to the other: columns
+:data:`LABELS_CSV_COLUMNS`, one row per label in label order
+(:func:`write_labels_csv`, :func:`load_class_ids`, :func:`class_ids_from_catalog`).
+
 Targets are multi-hot: the primary species of a recording is 1.0 and background
 species that are classes get ``background_weight``; background species outside
 the label set stay in the catalog but are ignored here.
@@ -25,13 +30,20 @@ from birdnet_tf.data.catalog import CatalogWarning, parse_secondary_labels
 from birdnet_tf.errors import CatalogError
 
 __all__ = [
+    "LABELS_CSV_COLUMNS",
     "LabelSet",
     "UnknownLabelError",
     "background_matrix",
+    "class_ids_from_catalog",
     "encode_targets",
     "filter_known",
+    "load_class_ids",
     "primary_indices",
+    "write_labels_csv",
 ]
+
+LABELS_CSV_COLUMNS = ("label", "class_id", "common_name")
+"""Columns of ``labels.csv``: the label set with each label's class id and common name."""
 
 _MAX_EXAMPLES = 5
 
@@ -335,3 +347,113 @@ def filter_known(
     keep = np.ones(len(df), dtype=bool)
     keep[unknown] = False
     return df.loc[keep].copy()
+
+
+# --------------------------------------------------------------------------- class ids
+
+
+def class_ids_from_catalog(df: pd.DataFrame) -> dict[str, str] | None:
+    """The class id of every label, from a catalog's ``class_id`` column.
+
+    Args:
+        df: A catalog with ``primary_label`` and maybe ``class_id``.
+
+    Returns:
+        ``{label: class_id}`` sorted by label, for the labels that have an id;
+        None when there is no ``class_id`` column or it is empty throughout.
+
+    Raises:
+        CatalogError: A label has two different class ids (names both and a
+            recording with each).
+    """
+    if "class_id" not in df.columns:
+        return None
+    keys = _keys(df)
+    found: dict[str, tuple[str, str]] = {}  # label -> (class id, key of the first row with it)
+    for row, (label, class_id) in enumerate(zip(_primary_list(df), df["class_id"].tolist())):
+        if _is_missing(label) or _is_missing(class_id) or not str(class_id).strip():
+            continue
+        class_id = str(class_id).strip()
+        first = found.setdefault(label, (class_id, keys[row]))
+        if first[0] != class_id:
+            raise CatalogError(
+                f"label {label!r} has two class ids: {first[0]!r} ({first[1]}) and {class_id!r} ({keys[row]})"
+            )
+    return {label: found[label][0] for label in sorted(found)} or None
+
+
+def write_labels_csv(
+    path: str | os.PathLike[str],
+    labels: LabelSet,
+    class_ids: dict[str, str] | None = None,
+    common_names: dict[str, str] | None = None,
+) -> Path:
+    """Writes ``labels.csv`` (columns :data:`LABELS_CSV_COLUMNS`, UTF-8), atomically.
+
+    Args:
+        path: The file to write.
+        labels: The classes; one row each, in their order.
+        class_ids: Class id per label; labels without one get an empty field.
+        common_names: Common name per label; likewise.
+
+    Returns:
+        ``path``.
+    """
+    class_ids, common_names = class_ids or {}, common_names or {}
+    table = pd.DataFrame(
+        {
+            "label": list(labels),
+            "class_id": [class_ids.get(label, "") for label in labels],
+            "common_name": [common_names.get(label, "") for label in labels],
+        },
+        columns=list(LABELS_CSV_COLUMNS),
+    )
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            table.to_csv(handle, index=False)
+    return Path(path)
+
+
+def load_class_ids(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Reads the label → class id mapping of a ``labels.csv``.
+
+    Args:
+        path: A ``labels.csv`` (see :func:`write_labels_csv`), e.g. of a sorted
+            dataset.
+
+    Returns:
+        ``{label: class_id}`` in the file's order, for the labels whose
+        ``class_id`` is not empty.
+
+    Raises:
+        CatalogError: The file is missing or unreadable, lacks the ``label`` or
+            ``class_id`` column, has an empty label, or repeats a label.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise CatalogError(f"{source}: labels file does not exist")
+    try:
+        table = pd.read_csv(source, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise CatalogError(f"{source}: the labels file is empty (expected columns 'label', 'class_id')") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise CatalogError(f"{source}: cannot be read as a UTF-8 CSV table: {exc}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    for column in ("label", "class_id"):
+        if column not in table.columns:
+            raise CatalogError(
+                f"{source}: required column '{column}' is missing; "
+                f"columns found: {', '.join(repr(c) for c in table.columns)}"
+            )
+    result: dict[str, str] = {}
+    seen: set[str] = set()
+    for line, (label, class_id) in enumerate(zip(table["label"], table["class_id"]), start=2):
+        label, class_id = label.strip(), class_id.strip()
+        if not label:
+            raise CatalogError(f"{source}: line {line}: empty label")
+        if label in seen:
+            raise CatalogError(f"{source}: line {line}: label {label!r} is repeated")
+        seen.add(label)
+        if class_id:
+            result[label] = class_id
+    return result

@@ -38,9 +38,16 @@ Two ways to split, chosen by ``by``:
     ``seed`` and the class name, after sorting by ``key``, so the split of a
     class does not depend on the row order or on the other classes.
 
+``"column"`` (fixed split)
+    The catalog's own ``split`` column decides: ``train`` or ``val`` (any case,
+    surrounding whitespace ignored); any other value, or a missing one, is an
+    error naming the rows. A sorted dataset (``birdnet-tf sort``) has one.
+    ``val_fraction`` and ``seed`` are not used.
+
 ``"auto"``
-    ``"recordist"`` when the catalog has a ``recordist`` column with at least
-    two distinct non-missing names, else ``"class"``.
+    ``"column"`` when the catalog has a ``split`` column with at least one
+    non-missing value; else ``"recordist"`` when it has a ``recordist`` column
+    with at least two distinct non-missing names; else ``"class"``.
 """
 
 from __future__ import annotations
@@ -55,7 +62,13 @@ from birdnet_tf.errors import CatalogError
 
 __all__ = ["assert_no_leak", "describe_split", "split_catalog"]
 
-SplitBy = Literal["auto", "recordist", "class"]
+SplitBy = Literal["auto", "recordist", "class", "column"]
+
+SPLIT_COLUMN = "split"
+"""Column of a fixed split (``by="column"``), and of the parts :func:`split_catalog` returns."""
+
+SPLIT_VALUES = ("train", "val")
+"""The values (compared case-insensitively) a fixed split's column may hold."""
 
 _COVERAGE_CAP = 1.25
 """During the coverage pass, validation may grow to this multiple of the target."""
@@ -77,10 +90,12 @@ def _recordist_key(value: Any) -> str | None:
 
 
 def _resolve_by(df: pd.DataFrame, by: str) -> str:
-    if by not in ("auto", "recordist", "class"):
-        raise ValueError(f"by must be 'auto', 'recordist' or 'class', got {by!r}")
+    if by not in ("auto", "recordist", "class", "column"):
+        raise ValueError(f"by must be 'auto', 'recordist', 'class' or 'column', got {by!r}")
     if by != "auto":
         return by
+    if SPLIT_COLUMN in df.columns and not all(_is_missing(v) for v in df[SPLIT_COLUMN].tolist()):
+        return "column"
     if "recordist" in df.columns:
         names = {k for k in map(_recordist_key, df["recordist"].tolist()) if k is not None}
         if len(names) >= 2:
@@ -173,6 +188,27 @@ def _class_mask(keys: list[str], labels: list[str], val_fraction: float, seed: i
     return mask
 
 
+def _column_mask(df: pd.DataFrame) -> np.ndarray:
+    """Boolean validation mask of a fixed split (see the module docstring)."""
+    if SPLIT_COLUMN not in df.columns:
+        raise CatalogError(
+            f"cannot split by column: the catalog has no '{SPLIT_COLUMN}' column "
+            f"(columns: {', '.join(map(str, df.columns))}); use by='auto', 'recordist' or 'class'"
+        )
+    values = ["" if _is_missing(v) else str(v).strip().lower() for v in df[SPLIT_COLUMN].tolist()]
+    bad = [row for row, value in enumerate(values) if value not in SPLIT_VALUES]
+    if bad:
+        names = [str(k) for k in df["key"].tolist()] if "key" in df.columns else [f"row {i}" for i in df.index]
+        raw = df[SPLIT_COLUMN].tolist()
+        examples = ", ".join(f"{names[r]} ({'missing' if _is_missing(raw[r]) else repr(str(raw[r]))})"
+                             for r in bad[:5])
+        raise CatalogError(
+            f"the '{SPLIT_COLUMN}' column must be 'train' or 'val' in every row; {len(bad)} of {len(values)} "
+            f"rows are not: {examples}{', ...' if len(bad) > 5 else ''}"
+        )
+    return np.asarray([value == "val" for value in values], dtype=bool)
+
+
 def split_catalog(
     df: pd.DataFrame,
     val_fraction: float = 0.2,
@@ -188,7 +224,8 @@ def split_catalog(
             available).
         val_fraction: Wanted share of validation files, in (0, 1).
         seed: Seed of the shuffles; the same seed gives the same split.
-        by: ``"recordist"``, ``"class"`` or ``"auto"`` (see the module docstring).
+        by: ``"recordist"``, ``"class"``, ``"column"`` or ``"auto"`` (see the
+            module docstring).
         restarts: Attempts of the recordist split; more attempts find splits
             closer to the target at a linear cost in time.
 
@@ -199,8 +236,10 @@ def split_catalog(
 
     Raises:
         CatalogError: The catalog is empty, lacks ``primary_label`` (or
-            ``recordist`` for ``by="recordist"``), or no file can go to
-            validation without leaving a class without training files.
+            ``recordist`` for ``by="recordist"``, ``split`` for
+            ``by="column"``), a fixed split has values other than train/val or
+            no validation row, or no file can go to validation without leaving
+            a class without training files.
         ValueError: ``val_fraction`` outside (0, 1) or an unknown ``by``.
     """
     if not 0.0 < val_fraction < 1.0:
@@ -211,13 +250,17 @@ def split_catalog(
         raise CatalogError("cannot split an empty catalog")
     method = _resolve_by(df, by)
     labels = [str(v) for v in df["primary_label"].tolist()]
-    if method == "recordist":
+    if method == "column":
+        mask = _column_mask(df)
+    elif method == "recordist":
         if "recordist" not in df.columns:
             raise CatalogError("cannot split by recordist: the catalog has no 'recordist' column; use by='class'")
         mask = _recordist_mask(df["recordist"].tolist(), labels, val_fraction, seed, restarts)
     else:
         keys = [str(k) for k in df["key"].tolist()] if "key" in df.columns else [str(i) for i in df.index]
         mask = _class_mask(keys, labels, val_fraction, seed)
+    if method == "column" and not mask.any():
+        raise CatalogError(f"the '{SPLIT_COLUMN}' column marks none of the {len(df)} files as 'val'")
     if not mask.any():
         raise CatalogError(
             f"cannot make a validation set by {method}: every candidate would leave a class without "
