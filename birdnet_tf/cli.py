@@ -59,6 +59,30 @@ def cmd_prepare(args) -> int:
     return 1 if df.attrs.get("failed") and args.strict else 0
 
 
+def cmd_sort(args) -> int:
+    from birdnet_tf.data.sort import read_class_list, sort_dataset
+
+    options = {name: getattr(args, name) for name in ("mode", "val_fraction", "seed", "max_classes", "min_files",
+                                                       "max_files", "oversample_to") if getattr(args, name) is not None}
+    if args.classes is not None:
+        options["classes"] = read_class_list(args.classes)
+    result = sort_dataset(args.source, args.out, progress=not args.no_progress, log=_log, **options)
+    _log(result.summary())
+    _log(f"next: birdnet-tf extract {args.out} --out CHUNKS_DIR  (spectrogram chunks, as the 2018 baseline)\n"
+         f"  or: birdnet-tf train --data {args.out} --out RUN_DIR  (metadata.csv has the train/val split; "
+         f"labels.csv maps labels to class ids)")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from birdnet_tf.data.spectrograms import extract
+
+    cfg = _config(args)
+    result = extract(args.source, args.out, cfg.chunks, workers=args.workers, progress=not args.no_progress,
+                     seed=args.seed, log=_log)
+    return 1 if result.failed and args.strict else 0
+
+
 def cmd_train(args) -> int:
     _quiet_tensorflow()
     from birdnet_tf.train.trainer import train
@@ -85,27 +109,104 @@ def cmd_export(args) -> int:
     _quiet_tensorflow()
     from birdnet_tf.export import export_run
 
-    export_run(args.run_dir, args.out, model_file=args.model, force=args.force, log=_log)
+    export_run(args.run_dir, args.out, model_file=args.model, force=args.force, window_s=args.window_s,
+               hop_s=args.hop_s, log=_log)
+    return 0
+
+
+def cmd_tflite(args) -> int:
+    from birdnet_tf.tflite import check_outputs, validation_audio
+
+    check_outputs(args.out, args.quantization, args.force)  # before any work is done
+    check = args.check
+    if not check:
+        check = validation_audio(args.run_dir)
+        _log(f"verifying on the run's {len(check)} validation recording(s) from split.csv" if check else
+             "warning: no validation recordings of the run found; verifying on silence, noise and a tone only "
+             "(pass --check AUDIO_OR_DIR)")
+    _quiet_tensorflow()
+    from birdnet_tf.tflite import export_tflite
+
+    export_tflite(args.run_dir, args.out, args.quantization, window_s=args.window_s, check_audio=check,
+                  force=args.force, reference=args.reference, log=_log)
     return 0
 
 
 def cmd_predict(args) -> int:
-    if Path(args.out).exists() and not args.force:  # before any work is done
-        raise BirdnetError(f"{args.out}: already exists; choose another --out or pass --force")
+    from birdnet_tf.infer.outputs import FORMATS
+
+    if args.format not in FORMATS:
+        raise BirdnetError(f"unknown --format '{args.format}'; choose one of {', '.join(FORMATS)}")
+    if Path(args.out).exists() and not args.force and (Path(args.out).is_file() or any(Path(args.out).iterdir())):
+        raise BirdnetError(f"{args.out}: already exists; choose another --out or pass --force")  # before any work
     if args.hop_s is not None and args.window_s is None:
         raise BirdnetError("--hop-s needs --window-s (per-file scores use the model's own windows)")
+    if args.model is None and args.server is None:
+        raise BirdnetError("give an exported MODEL folder, or --server URL for a model behind TF Serving")
     _quiet_tensorflow()
-    from birdnet_tf.infer.predict import predict, write_table
+    from birdnet_tf.infer.outputs import write_output
+    from birdnet_tf.infer.predict import predict
 
-    table, failures = predict(args.model, args.inputs, window_s=args.window_s, hop_s=args.hop_s,
-                              pooling=args.pooling, batch_size=args.batch_size,
-                              progress=not args.no_progress, log=_log)
-    out = write_table(table, args.out, force=args.force)
+    inputs = args.inputs
+    remote = None
+    if args.server:
+        from birdnet_tf.infer.remote import RemoteModel
+
+        if args.model is not None:  # with --server the first positional is an input, not a model
+            inputs = [args.model, *inputs]
+        labels = None
+        if args.labels:
+            labels = [s for s in Path(args.labels).read_text(encoding="utf-8").splitlines() if s.strip()]
+        remote = RemoteModel(args.server, args.model_name, protocol=args.protocol, labels=labels,
+                             sample_rate_hz=args.sample_rate)
+    if not inputs:
+        raise BirdnetError("no audio inputs given")
+    table, failures = predict(args.model, inputs, window_s=args.window_s, hop_s=args.hop_s,
+                              pooling=args.pooling, batch_size=args.batch_size, engine=args.engine,
+                              progress=not args.no_progress, log=_log, model=remote)
+    labels = list(table.columns[3:])
+    class_ids = _class_ids(args, labels)
+    written = write_output(table, labels, args.out, args.format, min_score=args.min_score,
+                           thresholds=args.thresholds, include=args.include, exclude=args.exclude,
+                           merge_gap_s=args.merge_gap_s, class_ids=class_ids,
+                           sample_rate_hz=remote.sample_rate_hz if remote else None, force=args.force)
     n_files = table["file"].nunique()
-    _log(f"wrote {out}: {len(table)} rows for {n_files} file(s)"
+    where = written[0] if len(written) == 1 else f"{args.out} ({len(written)} files)"
+    _log(f"wrote {where}: {args.format} for {n_files} file(s), {len(table)} score rows"
          + (f"; {len(failures)} input(s) skipped:" if failures else ""))
     for path, reason in failures:
         _log(f"  {path}: {reason}")
+    return 0
+
+
+def _class_ids(args, labels: list[str]) -> dict[str, str] | None:
+    """BirdCLEF class ids: --class-ids FILE, else the export's assets.extra/labels.csv, else None (labels)."""
+    path = Path(args.class_ids) if args.class_ids else None
+    if path is None and args.model and not args.server:
+        candidate = Path(args.model) / "assets.extra" / "labels.csv"
+        path = candidate if candidate.is_file() else None
+    if path is None:
+        return None
+    import pandas as pd
+
+    if not path.is_file():
+        raise BirdnetError(f"{path}: class-id file does not exist")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"label", "class_id"} <= set(table.columns):
+        raise BirdnetError(f"{path}: needs the columns label,class_id (has {', '.join(table.columns)})")
+    ids = dict(zip(table["label"], table["class_id"]))
+    missing = [label for label in labels if not ids.get(label)]
+    if missing:
+        raise BirdnetError(f"{path}: no class id for {len(missing)} label(s), e.g. {', '.join(missing[:3])}")
+    return ids
+
+
+def cmd_serve(args) -> int:
+    _quiet_tensorflow()
+    from birdnet_tf.serve import run_server
+
+    run_server(args.model_dir, host=args.host, port=args.port, grpc_port=args.grpc_port,
+               model_name=args.model_name, max_body_mb=args.max_body_mb, workers=args.workers, log=_log)
     return 0
 
 
@@ -141,6 +242,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any file failed")
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser("sort", parents=[quiet],
+                       help="sort recordings into train/ and val/ class folders (the 2018 baseline's split)")
+    p.add_argument("source", help="BirdCLEF XML folder (one <Audio> XML per recording), or any dataset folder")
+    p.add_argument("--out", required=True, help="new folder to write (refused if it exists and is not empty)")
+    p.add_argument("--mode", choices=["copy", "move", "symlink"], default=None,
+                   help="how audio gets there (default: copy; move puts files back if the sort fails)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of each class for validation, at least 1 file (default: 0.1)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the per-class shuffles (default: 1337)")
+    p.add_argument("--classes", metavar="FILE_OR_LIST", default=None,
+                   help="only these classes: a file with one label or class id per line, or a comma list")
+    p.add_argument("--max-classes", type=int, default=None, help="keep the N classes with the most files")
+    p.add_argument("--min-files", type=int, default=None, help="drop classes with fewer files (default: 1)")
+    p.add_argument("--max-files", type=int, default=None, help="use at most N files per class (random)")
+    p.add_argument("--oversample-to", type=int, default=None,
+                   help="repeat training files of smaller classes up to N files (<stem>_dupN copies)")
+    p.set_defaults(func=cmd_sort)
+
+    p = sub.add_parser("extract", parents=[recipe, workers, quiet],
+                       help="cut recordings into the 2018 baseline's PNG spectrogram chunks (signal/noise rule)")
+    p.add_argument("source", help="dataset folder (metadata.csv, e.g. from birdnet-tf sort, or one folder per class)")
+    p.add_argument("--out", required=True,
+                   help="output folder: <split>/<label>/*.png, noise/*.png, chunks.csv (resumable; settings "
+                        "from the recipe's chunks section, e.g. --set chunks.overlap_s=0.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the choice of noise chunks (default: %(default)s)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if any file failed")
+    p.set_defaults(func=cmd_extract)
+
     p = sub.add_parser("train", parents=[recipe, workers], help="train a model; resumes an interrupted run")
     p.add_argument("--data", required=True, help="dataset folder, raw or prepared")
     p.add_argument("--out", required=True, help="run folder (created; resumed when it holds the same config)")
@@ -162,19 +291,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="export folder, e.g. models/birdnet/1 for TF Serving")
     p.add_argument("--model", default="best.keras", help="model file in the run folder (default: %(default)s)")
+    p.add_argument("--window-s", type=float, default=None,
+                   help="window of the 'windows' signature (default: the model's excerpt, data.excerpt_s)")
+    p.add_argument("--hop-s", type=float, default=None, help="hop of the 'windows' signature (default: --window-s)")
     p.add_argument("--force", action="store_true", help="replace an existing export folder")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("predict", parents=[quiet], help="score audio files with an exported model")
-    p.add_argument("model", help="exported model folder (from birdnet-tf export)")
-    p.add_argument("inputs", nargs="+", metavar="AUDIO_OR_DIR", help="audio files and/or folders")
-    p.add_argument("--out", required=True, help="CSV file to write")
+    p = sub.add_parser("tflite", help="write TFLite models (built-in ops only), verified against the SavedModel")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="folder for model_<quantization>.tflite/.json and labels.txt")
+    p.add_argument("--quantization", nargs="+", default=["float32", "float16", "int8"],
+                   choices=["float32", "float16", "int8"], metavar="Q",
+                   help="float32, float16 (float16 weights), int8 (dynamic range) (default: all three)")
+    p.add_argument("--window-s", type=float, default=None,
+                   help="fixed input window in seconds (default: the model's excerpt, data.excerpt_s)")
+    p.add_argument("--check", nargs="+", default=None, metavar="AUDIO_OR_DIR",
+                   help="recordings to verify on (default: the run's validation files from split.csv)")
+    p.add_argument("--reference", default=None, metavar="EXPORT_DIR",
+                   help="this run's SavedModel export to compare with (default: one exported to a temporary folder)")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_tflite)
+
+    p = sub.add_parser("predict", parents=[quiet], help="score audio files with an exported model",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="formats: csv (wide scores), detections-csv, json, raven (folder of selection "
+                              "tables), audacity (folder of label tracks),\n         birdclef-monophone, "
+                              "birdclef-soundscape (use --window-s 5 for soundscapes)")
+    p.add_argument("model", nargs="?", help="exported model folder (from birdnet-tf export); omit with --server")
+    p.add_argument("inputs", nargs="*", metavar="AUDIO_OR_DIR", help="audio files and/or folders")
+    p.add_argument("--out", required=True, help="file (or folder for raven/audacity) to write")
+    p.add_argument("--format", default="csv", help="output format (default: %(default)s; see below)")
     p.add_argument("--window-s", type=float, default=None, help="one row per window of this length")
     p.add_argument("--hop-s", type=float, default=None, help="hop between windows (default: --window-s)")
-    p.add_argument("--pooling", default=None, help="per-file pooling (default: the model's)")
+    p.add_argument("--pooling", default=None, help="per-file pooling of window scores (default: the model's)")
+    p.add_argument("--engine", default="whole", choices=["whole", "sliding"],
+                   help="whole: run the network once over each recording (default, fast, streams long files); "
+                        "sliding: score each window on its own through serving_default")
+    p.add_argument("--min-score", type=float, default=0.0, help="global minimum score of a detection")
+    p.add_argument("--thresholds", default=None, help="per-species minimum scores (CSV label,threshold)")
+    p.add_argument("--include", default=None, help="only these species (file, one label per line)")
+    p.add_argument("--exclude", default=None, help="never these species (file, one label per line)")
+    p.add_argument("--merge-gap-s", type=float, default=None,
+                   help="merge consecutive detections of a species at most this far apart (e.g. 0)")
+    p.add_argument("--class-ids", default=None,
+                   help="CSV label,class_id for BirdCLEF files (default: the export's labels.csv, else labels)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="score through TF Serving (or birdnet-tf serve) at URL, e.g. http://localhost:8501")
+    p.add_argument("--model-name", default="birdnet", help="model name on the server (default: %(default)s)")
+    p.add_argument("--protocol", default="rest", choices=["rest", "grpc"], help="with --server (default: rest)")
+    p.add_argument("--labels", default=None, help="with --server: labels.txt (default: asked from the server)")
+    p.add_argument("--sample-rate", type=int, default=None, help="with --server: the model's rate in Hz")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="serve exports with the TensorFlow Serving REST (and gRPC) API",
+                       description="Serves exported models with TF Serving's v1 REST API (and optionally its gRPC "
+                                   "API): GET /v1/models/NAME[/metadata], POST /v1/models/NAME:predict.")
+    p.add_argument("model_dir", metavar="MODEL_DIR",
+                   help="an export folder, a TF Serving base path (NAME/VERSION/ folders; the highest is served) "
+                        "or a TF Serving models.config file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8501, help="REST port (default: %(default)s, as TF Serving)")
+    p.add_argument("--grpc-port", type=int, default=None, help="also serve gRPC on this port (TF Serving: 8500)")
+    p.add_argument("--model-name", default=None, help="name of a single model (default: its folder name)")
+    p.add_argument("--max-body-mb", type=float, default=64.0,
+                   help="largest request body accepted, in MB (default: %(default)g; larger: HTTP 413)")
+    p.add_argument("--workers", type=int, default=None, help="inference threads (default: CPU count, at most 4)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("config", parents=[recipe], help="print the resolved config as YAML")
     p.set_defaults(func=cmd_config)

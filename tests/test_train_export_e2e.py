@@ -103,15 +103,23 @@ def test_synthetic_end_to_end(trained_synthetic, tmp_path):
     rc, out, err = run_cli(["predict", str(ns.export), str(one), str(folder), "--out", str(csv), "--no-progress"])
     assert rc == 0, err
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["file", *labels]
+    assert list(table.columns) == ["file", "start_s", "end_s", *labels]
     files = [str(one)] + sorted(str(p) for p in folder.glob("*.wav"))
     assert list(table["file"]) == files
+    np.testing.assert_allclose(table["start_s"], 0.0)
+    np.testing.assert_allclose(table["end_s"][0], 2.0)
     scores = table[labels].to_numpy()
     assert np.all((scores >= 0) & (scores <= 1))
-    # the one-window file's row is the export's score of the resampled file
+    # the one-window file's row is the export's score of the resampled file (whole-recording engine)
     wave, _ = load_audio(one, 22050)
     direct = fn(waveform=tf.constant(wave[None]))["scores"].numpy()[0]
-    np.testing.assert_allclose(table.loc[0, labels].to_numpy(float), direct, atol=2e-6)
+    np.testing.assert_allclose(table.loc[0, labels].to_numpy(float), direct, atol=1e-5)
+    # ... and the sliding engine agrees with it
+    csv_s = tmp_path / "pred_sliding.csv"
+    rc, _, err = run_cli(["predict", str(ns.export), str(one), "--engine", "sliding", "--out", str(csv_s),
+                          "--no-progress"])
+    assert rc == 0, err
+    np.testing.assert_allclose(pd.read_csv(csv_s).loc[0, labels].to_numpy(float), direct, atol=2e-6)
 
     # predict per window
     csv_w = tmp_path / "windows.csv"
@@ -163,7 +171,7 @@ def test_real_subset_end_to_end(real_subset, tmp_path, monkeypatch):
     rc, out, err = run_cli(["predict", str(exp), str(ogg), str(mp3), "--out", str(csv), "--no-progress"])
     assert rc == 0, err
     table = pd.read_csv(csv)
-    assert list(table.columns) == ["file", *labels]
+    assert list(table.columns) == ["file", "start_s", "end_s", *labels]
     assert list(table["file"]) == [str(ogg), str(mp3)]
     assert np.all((table[labels].to_numpy() >= 0) & (table[labels].to_numpy() <= 1))
 

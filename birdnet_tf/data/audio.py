@@ -18,6 +18,7 @@ import re
 import struct
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -198,6 +199,63 @@ def load_audio(path: str | os.PathLike, sample_rate_hz: int | None = None) -> tu
     if peak > 1.0:
         audio = audio / np.float32(peak)
     return audio, rate
+
+
+def iter_audio(path: str | os.PathLike, sample_rate_hz: int) -> Iterator[np.ndarray]:
+    """Decodes an audio file block by block: float32 mono blocks at ``sample_rate_hz``.
+
+    The streaming counterpart of :func:`load_audio` for long recordings: memory stays
+    bounded by one block whatever the file's length. Same formats, down-mixing,
+    sequential reading and errors; resampling uses soxr's streaming resampler (quality
+    "HQ"), which gives the same signal as :func:`load_audio`'s one-shot call up to
+    rounding. Blocks are read with the same size as :func:`load_audio` reads (a damaged
+    MP3's error concealment depends on it), so both decode identical samples. Unlike :func:`load_audio`, a signal whose peak exceeds 1 (float WAV) is
+    clipped to [-1, 1] instead of scaled by its peak, which is only known at the end.
+
+    Raises:
+        AudioDecodeError: as :func:`load_audio`, raised before the first block or, for
+            NaN/infinite samples, when the bad block is reached.
+    """
+    path = Path(path)
+    _check_path(path)
+    with _filtered_native_stderr():
+        try:
+            f = sf.SoundFile(str(path))
+        except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
+            raise AudioDecodeError(f"{path}: not a recognised audio file or corrupt ({_decoder_reason(e)})") from None
+    rate = int(f.samplerate)
+    if rate < _LOW_RATE_FRACTION * sample_rate_hz:
+        warnings.warn(f"{path}: recorded at {rate} Hz, below the target {sample_rate_hz} Hz; "
+                      f"content above {rate / 2000:g} kHz is missing", stacklevel=2)
+    stream = soxr.ResampleStream(rate, sample_rate_hz, 1, dtype="float32", quality="HQ") if rate != sample_rate_hz \
+        else None
+    n_read = 0
+    try:
+        while True:
+            try:
+                with _filtered_native_stderr():
+                    block = f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
+            except Exception as e:  # noqa: BLE001 - any decoder failure mid-stream
+                if n_read == 0:
+                    raise AudioDecodeError(f"{path}: decoding failed ({_decoder_reason(e)})") from None
+                warnings.warn(f"{path}: decoding stopped after {n_read / rate:.2f} s ({_decoder_reason(e)}); "
+                              "keeping the audio decoded so far", stacklevel=2)
+                block = np.zeros((0, 1), np.float32)
+            last = block.shape[0] == 0
+            mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1)
+            n_read += mono.shape[0]
+            if not np.isfinite(mono).all():
+                raise AudioDecodeError(f"{path}: contains NaN or infinite sample values")
+            out = stream.resample_chunk(mono, last=last) if stream is not None else mono
+            if out.size:
+                yield np.clip(out, -1.0, 1.0, out=np.ascontiguousarray(out, dtype=np.float32))
+            if last:
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            f.close()
+    if n_read == 0:
+        raise AudioDecodeError(f"{path}: decoded to zero samples (no audio in the file)")
 
 
 # --------------------------------------------------------------------------

@@ -3,8 +3,13 @@
 Any format ``load_audio`` reads is decoded and resampled to the model's rate on the
 fly. Per file (default): the model's windows (``data.excerpt_s`` with hop
 ``data.eval_hop_s``) are scored and pooled over the whole recording. With
-``window_s``: one row per window on a regular grid (``start_s = k·hop``), the last
-partial window looped to full length.
+``window_s``: one row per window on a regular grid (``start_s = k·hop``).
+
+Two engines give these window scores: ``whole`` (default) runs the network once over
+each streamed recording and pools its per-step logits per window
+(:mod:`birdnet_tf.infer.whole`); ``sliding`` scores each window on its own through the
+export's ``serving_default`` (the last partial window looped to full length), which is
+also how a remote TF Serving model is used.
 """
 
 from __future__ import annotations
@@ -60,33 +65,85 @@ def score_recording(model, x: np.ndarray, window: int, starts: np.ndarray, batch
 
 def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | None = None,
             hop_s: float | None = None, pooling: str | None = None, batch_size: int = 32,
-            progress: bool = True, log=None) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+            progress: bool = True, log=None, engine: str = "whole", model=None) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Scores audio files with an exported model.
 
+    Args:
+        model_dir: Export folder (ignored when ``model`` is given).
+        inputs: Audio files and folders.
+        window_s, hop_s: One row per window of ``window_s`` every ``hop_s`` (default
+            ``window_s``); without ``window_s`` one row per file, pooling the model's own
+            windows (``data.excerpt_s`` every ``data.eval_hop_s``) with ``pooling``.
+        engine: ``whole`` — the network runs once over each recording, streaming it
+            (:mod:`birdnet_tf.infer.whole`); ``sliding`` — each window is cut from the
+            decoded recording and scored through ``serving_default`` on its own.
+        model: An already loaded model with the ``ExportedModel`` interface (e.g. a
+            :class:`~birdnet_tf.infer.remote.RemoteModel`); sliding windows only.
+
     Returns:
-        (table, failures): per file (``file`` + one column per label) or per window
-        (``file``, ``start_s``, ``end_s`` + labels); failures are (path, reason) of
-        inputs that were skipped.
+        (table, failures): ``file``, ``start_s``, ``end_s`` + one column per label (per-file
+        rows span the whole recording); failures are (path, reason) of skipped inputs.
     """
+    from birdnet_tf.evaluate.pooling import pool
+    from birdnet_tf.export import ExportedModel
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if engine not in ("whole", "sliding"):
+        raise BirdnetError(f"unknown engine '{engine}'; choose whole or sliding")
+    if window_s is not None and window_s <= 0 or hop_s is not None and hop_s <= 0:
+        raise BirdnetError("--window-s and --hop-s must be positive")
+    if model is None:
+        model = ExportedModel(model_dir)
+    elif engine == "whole":
+        engine = "sliding"  # a remote or custom model has no front/body halves here
+    cfg = getattr(model, "config", None)
+    pooling = pooling or (cfg.data.file_pooling if cfg is not None else "mean")
+    pool(np.zeros((1, 1)), pooling)  # validate the name before decoding anything
+    files, failures = expand_inputs(inputs)
+    for path, reason in failures:
+        log(f"skipped: {path}: {reason}")
+    if engine == "whole":
+        from birdnet_tf.infer.whole import WholeRecordingModel
+
+        whole = WholeRecordingModel.from_export(model, batch_size=max(1, min(batch_size, 8)))
+        results = whole.score_files(files, window_s=window_s, hop_s=hop_s, file_pooling=pooling,
+                                    progress=progress, log=log)
+    else:
+        results = _sliding(model, files, window_s, hop_s, pooling, batch_size, progress, log)
+    rows = []
+    sr = model.sample_rate_hz
+    for index, res, error in results:
+        if error is not None:
+            failures.append((files[index], error))
+            log(f"skipped: {error}")
+            continue
+        if window_s is None:
+            rows.append((index, [files[index], 0.0, round(res["n_samples"] / sr, 3), *res["file_scores"]]))
+        else:
+            for s, e, row in zip(res["start_s"], res["end_s"], res["scores"]):
+                rows.append((index, [files[index], round(float(s), 3), round(float(e), 3), *row]))
+    if not rows:
+        detail = "; ".join(f"{p}: {r}" for p, r in failures[:3])
+        raise BirdnetError(f"no input could be scored ({len(failures)} skipped: {detail})")
+    rows.sort(key=lambda r: r[0])  # input order (stable within a file)
+    cols = ["file", "start_s", "end_s", *model.labels]
+    return pd.DataFrame([r for _, r in rows], columns=cols), failures
+
+
+def _sliding(model, files, window_s, hop_s, pooling, batch_size, progress, log):
+    """Sliding windows through ``serving_default``; yields ``(index, result, error)`` like the whole engine."""
     from tqdm.auto import tqdm
 
     from birdnet_tf.data.audio import load_audio
     from birdnet_tf.data.pipeline import window_starts
     from birdnet_tf.errors import AudioDecodeError
     from birdnet_tf.evaluate.pooling import pool
-    from birdnet_tf.export import ExportedModel
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    model = ExportedModel(model_dir)
-    cfg = model.config
+    cfg = getattr(model, "config", None)
     sr = model.sample_rate_hz
-    pooling = pooling or cfg.data.file_pooling
-    pool(np.zeros((1, 1)), pooling)  # validate the name before decoding anything
-    if window_s is not None and window_s <= 0 or hop_s is not None and hop_s <= 0:
-        raise BirdnetError("--window-s and --hop-s must be positive")
-    files, failures = expand_inputs(inputs)
-    rows = []
-    for path in tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2):
+    excerpt_s = cfg.data.excerpt_s if cfg is not None else 3.0
+    eval_hop_s = cfg.data.eval_hop_s if cfg is not None else excerpt_s
+    for index, path in enumerate(tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2)):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -94,27 +151,19 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
             for w in caught:
                 log(f"warning: {w.message}")
         except AudioDecodeError as e:
-            failures.append((path, str(e)))
-            log(f"skipped: {e}")
+            yield index, None, str(e)
             continue
         if window_s is None:
-            window = cfg.excerpt_samples
-            starts = window_starts(len(x), window, int(round(cfg.data.eval_hop_s * sr)))
-            scores = pool(score_recording(model, x, window, starts, batch_size), pooling)
-            rows.append([path, *scores])
+            window = int(round(excerpt_s * sr))
+            starts = window_starts(len(x), window, int(round(eval_hop_s * sr)))
         else:
             window = int(round(window_s * sr))
             hop = int(round((hop_s or window_s) * sr))
             starts = np.arange(0, max(len(x), 1), hop, dtype=np.int64)
             starts = starts[(starts == 0) | (starts + 0.1 * sr < len(x))]  # no slivers under 0.1 s
-            scores = score_recording(model, x, window, starts, batch_size)
-            for s, row in zip(starts, scores):
-                rows.append([path, round(s / sr, 3), round(min(s + window, len(x)) / sr, 3), *row])
-    if not rows:
-        detail = "; ".join(f"{p}: {r}" for p, r in failures[:3])
-        raise BirdnetError(f"no input could be scored ({len(failures)} skipped: {detail})")
-    cols = ["file"] + ([] if window_s is None else ["start_s", "end_s"]) + list(model.labels)
-    return pd.DataFrame(rows, columns=cols), failures
+        scores = score_recording(model, x, window, starts, batch_size)
+        yield index, {"n_samples": len(x), "start_s": starts / sr, "end_s": np.minimum(starts + window, len(x)) / sr,
+                      "scores": scores, "file_scores": pool(scores, pooling)}, None
 
 
 def write_table(table: pd.DataFrame, out: str | os.PathLike, force: bool = False) -> Path:
