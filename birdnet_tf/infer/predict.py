@@ -105,7 +105,7 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
     if engine == "whole":
         from birdnet_tf.infer.whole import WholeRecordingModel
 
-        whole = WholeRecordingModel.from_export(model, batch_size=max(1, min(batch_size, 8)))
+        whole = WholeRecordingModel.from_export(model)
         results = whole.score_files(files, window_s=window_s, hop_s=hop_s, file_pooling=pooling,
                                     progress=progress, log=log)
     else:

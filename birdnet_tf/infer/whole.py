@@ -25,8 +25,8 @@ up to float rounding — given the same band-centring statistics (the tests chec
 Other starts are rounded to the nearest step (at most half a step, 64 ms, off).
 
 Memory: one decoded block, one front chunk, a batch of segments, plus the recording's
-log-mel frames (80 float32 per 14.3 ms: about 80 MB per hour, a quarter of the decoded
-audio at 22.05 kHz) — the decoded audio itself is never held.
+log-mel frames (80 float32 per 14.3 ms: about 77 MB per hour, a quarter of the decoded
+audio at 22.05 kHz, centred in place) — the decoded audio itself is never held.
 """
 
 from __future__ import annotations
@@ -118,6 +118,67 @@ def _pool_steps(logits: np.ndarray, method: str) -> np.ndarray:
     return (np.log(np.mean(np.exp(a * (logits - m)), axis=1)) + a * m[:, 0]) / a
 
 
+class Frames:
+    """A recording's frames ``[frames, bands]``, kept as the chunks the front produced.
+
+    Joining them into one array would double the peak memory of a long recording.
+    """
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = [np.asarray(p, np.float32) for p in parts]
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def mean(self) -> np.ndarray:
+        """Mean over frames, ``[1, bands]``."""
+        total = sum(p.sum(axis=0, dtype=np.float64) for p in self.parts)
+        return (total / max(1, len(self)))[None, :].astype(np.float32)
+
+    def subtract_(self, row: np.ndarray) -> Frames:
+        for p in self.parts:
+            p -= row
+        return self
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``[start, stop)`` as one array (a view when they lie in one chunk)."""
+        stop = min(stop, len(self))
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        pieces = []
+        while start < stop:
+            a = start - self.offsets[i]
+            b = min(stop - self.offsets[i], len(self.parts[i]))
+            pieces.append(self.parts[i][a:b])
+            start += b - a
+            i += 1
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def array(self) -> np.ndarray:
+        return self.slice(0, len(self))
+
+
+class _Store:
+    """A growing float32 ``[frames, bands]`` buffer (one allocation when the size is known)."""
+
+    def __init__(self, capacity: int):
+        self.data: np.ndarray | None = None
+        self.capacity, self.n = max(1, capacity), 0
+
+    def append(self, rows: np.ndarray) -> None:
+        if self.data is None:
+            self.data = np.empty((self.capacity, rows.shape[1]), np.float32)
+        if self.n + len(rows) > len(self.data):
+            grown = np.empty((max(self.n + len(rows), int(len(self.data) * 1.5)), rows.shape[1]), np.float32)
+            grown[:self.n] = self.data[:self.n]
+            self.data = grown
+        self.data[self.n:self.n + len(rows)] = rows
+        self.n += len(rows)
+
+    def array(self) -> np.ndarray:
+        return self.data[:self.n]
+
+
 @dataclass
 class _Segment:
     file: int  # index of the file in the current group
@@ -150,6 +211,19 @@ def split_model(model):
     return front, body, facts
 
 
+def _expected(source, sample_rate_hz: int) -> int:
+    """Samples a source will give at ``sample_rate_hz``, from its header (0 when unknown)."""
+    if isinstance(source, np.ndarray):
+        return len(source)
+    try:
+        import soundfile as sf
+
+        info = sf.info(str(source))
+        return int(info.frames * sample_rate_hz / info.samplerate) + 1
+    except Exception:  # noqa: BLE001 - only a size hint; decoding reports real problems
+        return 0
+
+
 class WholeRecordingModel:
     """A trained model run once per recording (see the module docstring).
 
@@ -169,7 +243,7 @@ class WholeRecordingModel:
     """
 
     def __init__(self, front, body, cfg: Config, geometry: StepGeometry, center: bool, pooling: str,
-                 activation: str, segment_s: float = 20.0, batch_size: int = 4, front_s: float = 30.0):
+                 activation: str, segment_s: float = 20.0, batch_size: int = 2, front_s: float = 10.0):
         self._front, self._body = front, body
         self.cfg, self.geometry = cfg, geometry
         self.center, self.pooling, self.activation = center, pooling, activation
@@ -208,54 +282,59 @@ class WholeRecordingModel:
                    cfg, geometry, facts["center"], facts["pooling"], facts["activation"], **kwargs)
 
     # ------------------------------------------------------------------ front
-    def spectrogram(self, blocks: Iterable[np.ndarray], min_samples: int = 0) -> tuple[np.ndarray, int]:
-        """Streams audio blocks through the front: ``([frames, bands] float32, n_samples)``.
+    def spectrogram(self, blocks: Iterable[np.ndarray], min_samples: int = 0,
+                    expected_samples: int = 0) -> tuple[Frames, int]:
+        """Streams audio blocks through the front: ``(Frames [frames, bands], n_samples)``.
 
         A recording shorter than ``min_samples`` (or than one receptive field) is looped
-        to that length first, as the sliding-window path and the export do.
+        to that length first, as the sliding-window path and the export do. Frames are
+        copied into one buffer sized for ``expected_samples`` (grown if the stream is
+        longer), so the front's output tensors are freed at once.
         """
         g = self.geometry
         need = (self.front_frames - 1) * g.hop + g.n_fft
         advance = self.front_frames * g.hop
         min_samples = max(min_samples, g.field_samples)
+        store = _Store(g.frames(max(expected_samples, need)))
         buf = np.zeros(0, np.float32)
-        parts: list[np.ndarray] = []
         total = 0
         for block in blocks:
             total += len(block)
             buf = np.concatenate([buf, block]) if buf.size else np.asarray(block, np.float32)
             while len(buf) >= need:
-                parts.append(self._front(buf[None, :need])[0])
+                store.append(self._front(buf[None, :need])[0])
                 buf = buf[advance:]
         if total == 0:
             raise BirdnetError("recording holds no samples")
         if total < min_samples:  # nothing was consumed yet: buf is the whole recording
             buf = np.resize(buf, min_samples)
         if len(buf) >= g.n_fft:
-            parts.append(self._front(buf[None])[0])
-        return np.concatenate(parts) if len(parts) > 1 else parts[0], max(total, min_samples)
+            store.append(self._front(buf[None])[0])
+        return Frames([store.array()]), max(total, min_samples)
 
-    def centre(self, spec: np.ndarray) -> np.ndarray:
-        return spec - spec.mean(axis=0, keepdims=True) if self.center else spec
+    def centre(self, spec: Frames) -> Frames:
+        """Band centring by the recording's mean (in place) when the model centres."""
+        return spec.subtract_(spec.mean()) if self.center else spec
 
     # ------------------------------------------------------------------ body
-    def _segments(self, file: int, spec: np.ndarray) -> Iterator[_Segment]:
+    def _segments(self, file: int, spec: Frames) -> Iterator[_Segment]:
         g = self.geometry
         total = g.steps(len(spec))
         seg_frames = g.field + (self.segment_steps - 1) * g.stride
         for first in range(0, total, self.segment_steps):
             n = min(self.segment_steps, total - first)
             start = first * g.stride
-            frames = spec[start:start + g.field + (n - 1) * g.stride]
+            frames = spec.slice(start, start + g.field + (n - 1) * g.stride)
             if n < self.segment_steps and total > self.segment_steps:
                 # the tail of a long recording: pad to the full segment so it batches with the others
                 frames = np.pad(frames, [(0, seg_frames - len(frames)), (0, 0)])
             yield _Segment(file, first, n, frames)
 
-    def step_logits(self, specs: list[np.ndarray]) -> list[np.ndarray]:
+    def step_logits(self, specs: list[Frames | np.ndarray]) -> list[np.ndarray]:
         """Per-step logits ``[steps, classes]`` of each (centred) spectrogram, segments batched across files."""
         g = self.geometry
-        segments = [s for i, spec in enumerate(specs) for s in self._segments(i, spec)]
+        specs = [s if isinstance(s, Frames) else Frames([s]) for s in specs]
+        segments = [s for i, spec in enumerate(specs) for s in self._segments(i, spec)]  # views, mostly
         out = [[] for _ in specs]
         # batch segments of equal length; short recordings are padded up to a multiple of 8 steps
         by_len: dict[int, list[_Segment]] = {}
@@ -328,7 +407,7 @@ class WholeRecordingModel:
         group_samples = 0
 
         def flush():
-            specs = [self.centre(spec) for _, spec, _ in group]
+            specs = [self.centre(spec) for _, spec, _ in group]  # in place
             for (index, _, n), logits in zip(group, self.step_logits(specs)):
                 if per_file:
                     from birdnet_tf.data.pipeline import window_starts
@@ -349,7 +428,7 @@ class WholeRecordingModel:
                     warnings.simplefilter("always")
                     blocks = [np.asarray(source, np.float32)] if isinstance(source, np.ndarray) \
                         else iter_audio(source, sr)
-                    spec, n = self.spectrogram(blocks, min_samples=window)
+                    spec, n = self.spectrogram(blocks, min_samples=window, expected_samples=_expected(source, sr))
                 for w in caught:
                     log(f"warning: {w.message}")
             except (AudioDecodeError, BirdnetError) as e:
