@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default=None, metavar="URL",
                    help="score through TF Serving (or birdnet-tf serve) at URL, e.g. http://localhost:8501")
     p.add_argument("--model-name", default="birdnet", help="model name on the server (default: %(default)s)")
-    p.add_argument("--protocol", default="rest", choices=["rest", "grpc"], help="with --server (default: rest)")
+    p.add_argument("--protocol", default=None, choices=["rest", "grpc"],
+                   help="with --server (default: grpc for grpc:// URLs, else rest)")
     p.add_argument("--labels", default=None, help="with --server: labels.txt (default: asked from the server)")
     p.add_argument("--sample-rate", type=int, default=None, help="with --server: the model's rate in Hz")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
