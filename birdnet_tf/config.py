@@ -51,7 +51,7 @@ class DataConfig:
     eval_hop_s: float = 3.0  # hop between evaluation windows
     max_eval_windows: int = 32  # per file during training's validation, evenly spread over long files
     background_weight: float = 0.5  # target value of background species in the label set
-    split_by: str = "auto"  # auto | recordist | class
+    split_by: str = "auto"  # auto (a split column if any, else recordist, else class) | column | recordist | class
     val_fraction: float = 0.2
     seed: int = 0
     batch_size: int = 32
@@ -87,6 +87,13 @@ class ModelConfig:
     dropout: float = 0.3
     temporal_pooling: str = "logmeanexp:1"  # max | mean | logmeanexp:a
     output_activation: str = "softmax"  # softmax | sigmoid
+    # the 2018 baseline's CNNs (kahl2018_baseline, kahl2018_resnet); ismir2016 ignores these
+    filters: tuple[int, ...] = (16, 32, 64, 128)  # per conv group / residual stack (FILTERS)
+    resnet_k: int = 2  # ResNet filter multiplier (RESNET_K)
+    resnet_n: int = 2  # residual blocks per stack (RESNET_N)
+    nonlinearity: str = "relu"  # relu | lrelu | vlrelu | elu
+    batch_norm: bool = True
+    downsample: str = "maxpool"  # maxpool | strided: how each group / stack halves time and frequency
 
 
 @dataclass(frozen=True)
@@ -244,7 +251,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
                 if len(value) != len(args):
                     raise ConfigError(f"{where}: needs {len(args)} values (e.g. {', '.join(['1'] * len(args))}), "
                                       f"got {value!r}")
-            return tuple(_coerce(v, args[min(i, len(args) - 1)], where) for i, v in enumerate(value))
+            variadic = len(args) == 2 and args[1] is Ellipsis  # tuple[int, ...]: any length, one type
+            return tuple(_coerce(v, args[0] if variadic else args[i], where) for i, v in enumerate(value))
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {value!r} is not a valid {getattr(typ, '__name__', typ)}") from None
     return value

@@ -72,6 +72,7 @@ def load_keras_model(path) -> keras.Model:
 
     import birdnet_tf.frontend  # noqa: F401 - registers the frontend layers
     import birdnet_tf.models.layers  # noqa: F401 - registers the head layers
+    import birdnet_tf.data.image_augment  # noqa: F401 - registers the baseline's augmentation layer
     from birdnet_tf.errors import BirdnetError
 
     if not Path(path).is_file():

@@ -43,3 +43,4 @@ def available() -> list[str]:
 def _load_builtin() -> None:
     # importing the modules registers their builders
     from birdnet_tf.models import ismir2016  # noqa: F401
+    from birdnet_tf.models import kahl2018  # noqa: F401
