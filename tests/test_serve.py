@@ -453,3 +453,23 @@ def test_find_models_layouts_and_policies(tmp_path):
             find_models(_config(cfg, text))
     with pytest.raises(BirdnetError, match="--model-name does not apply"):
         find_models(cfg, model_name="y")
+
+
+def test_predict_cli_through_the_server_equals_local_sliding_windows(base_path_server, trained_synthetic, tmp_path):
+    """`birdnet-tf predict --server URL` (REST) gives the rows a local `--engine sliding` run gives."""
+    import pandas as pd
+
+    from conftest import run_cli
+
+    audio = trained_synthetic.data / "chirp2to4k"
+    remote_csv, local_csv = tmp_path / "remote.csv", tmp_path / "local.csv"
+    rc, out, err = run_cli(["predict", "--server", base_path_server.url, "--model-name", "bird", str(audio),
+                            "--window-s", "1", "--out", str(remote_csv), "--no-progress"])
+    assert rc == 0, err
+    rc, _, err = run_cli(["predict", str(trained_synthetic.export), str(audio), "--engine", "sliding",
+                          "--window-s", "1", "--out", str(local_csv), "--no-progress"])
+    assert rc == 0, err
+    remote, local = pd.read_csv(remote_csv), pd.read_csv(local_csv)
+    assert list(remote.columns) == list(local.columns) and len(remote) == len(local) > 4
+    assert list(remote["file"]) == list(local["file"])
+    np.testing.assert_allclose(remote.iloc[:, 1:].to_numpy(float), local.iloc[:, 1:].to_numpy(float), atol=1e-5)
