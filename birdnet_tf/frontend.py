@@ -206,3 +206,40 @@ def frontend_layers(cfg: Config) -> list[keras.layers.Layer]:
 def spec_augment_layer(aug: AugmentConfig) -> SpecAugment:
     return SpecAugment(aug.mask_prob, aug.freq_masks, aug.freq_mask_bins, aug.time_masks,
                        aug.time_mask_frames, name="spec_augment")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ChunkSpectrogram(keras.layers.Layer):
+    """Waveform chunks → the 2018 baseline's 0..1 spectrogram images (what ``birdnet-tf extract`` saves).
+
+    ``(batch, samples)`` float32 at ``cfg.sample_rate_hz`` (one chunk of ``chunk_s`` each,
+    zero-padded or cut to that length) → ``(batch, width, height)`` float32 in 0..1, time
+    along axis 1, frequency along axis 2 with the lowest band first; see
+    :func:`birdnet_tf.data.spectrograms.chunk_spectrogram`. A model starting with this
+    layer takes 1-s waveform chunks at 44.1 kHz (the defaults), and so does its export.
+
+    Args:
+        cfg: The ``chunks`` settings: a :class:`~birdnet_tf.config.ChunkConfig` or its
+            dict (as :meth:`get_config` returns it); ``None`` = the defaults.
+    """
+
+    def __init__(self, cfg=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        from birdnet_tf.data.spectrograms import _chunk_config, check_chunk_config
+
+        self.cfg = _chunk_config(cfg)
+        check_chunk_config(self.cfg)
+
+    def call(self, waveform):
+        from birdnet_tf.data.spectrograms import chunk_spectrogram
+
+        return chunk_spectrogram(waveform, self.cfg)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.cfg.width, self.cfg.height)
+
+    def get_config(self):
+        import dataclasses
+
+        return {**super().get_config(), "cfg": dataclasses.asdict(self.cfg)}
