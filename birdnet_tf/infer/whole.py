@@ -211,6 +211,48 @@ def split_model(model):
     return front, body, facts
 
 
+def _prefetched(blocks: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarray]:
+    """Decodes ahead in a thread (libsndfile and soxr release the GIL) while the model computes.
+
+    At most ``depth`` blocks wait, so memory stays bounded; a decoding error is re-raised
+    in the consumer at the point it happened.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        q.put(block, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def _expected(source, sample_rate_hz: int) -> int:
     """Samples a source will give at ``sample_rate_hz``, from its header (0 when unknown)."""
     if isinstance(source, np.ndarray):
@@ -427,7 +469,7 @@ class WholeRecordingModel:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     blocks = [np.asarray(source, np.float32)] if isinstance(source, np.ndarray) \
-                        else iter_audio(source, sr)
+                        else _prefetched(iter_audio(source, sr))
                     spec, n = self.spectrogram(blocks, min_samples=window, expected_samples=_expected(source, sr))
                 for w in caught:
                     log(f"warning: {w.message}")
