@@ -47,13 +47,16 @@ demo: venv
 	$(DEMO_ENV) $(BIN)/birdnet-tf export $(DEMO_RUN) --out $(DEMO_RUN)/export --force
 	$(DEMO_ENV) $(BIN)/birdnet-tf predict $(DEMO_RUN)/export $(DEMO_DATA)/audio \
 		--out $(DEMO_RUN)/predictions.csv --force
+	$(DEMO_ENV) $(BIN)/birdnet-tf predict $(DEMO_RUN)/export $(DEMO_DATA)/audio --window-s 3 \
+		--format raven --min-score 0.5 --merge-gap-s 0 --out $(DEMO_RUN)/raven --force --no-progress
 	@echo
 	@echo "demo finished:"
 	@echo "  model (Keras):      $(DEMO_RUN)/best.keras"
 	@echo "  model (SavedModel): $(DEMO_RUN)/export"
 	@echo "  report:             $(DEMO_RUN)/eval/report.json"
 	@for f in $(DEMO_RUN)/eval/*.png; do echo "  plot:               $$f"; done
-	@echo "  predictions:        $(DEMO_RUN)/predictions.csv"
+	@echo "  predictions:        $(DEMO_RUN)/predictions.csv (per file)"
+	@echo "  detections:         $(DEMO_RUN)/raven/ (Raven selection tables, 3-s windows, score >= 0.5)"
 	@echo "  TensorBoard:        $(BIN)/tensorboard --logdir $(DEMO_RUN)/logs"
 
 demo-clean:
@@ -66,6 +69,7 @@ test: venv
 bench: venv
 	$(BIN)/python benchmarks/pipeline_throughput.py
 	$(BIN)/python benchmarks/train_xc_pr20.py
+	$(BIN)/python benchmarks/inference_speed.py
 
 # ---------------------------------------------------------------------- clean
 # Leaves other runs under runs/ alone: they may be real training runs.
