@@ -169,7 +169,7 @@ def cmd_predict(args) -> int:
     written = write_output(table, labels, args.out, args.format, min_score=args.min_score,
                            thresholds=args.thresholds, include=args.include, exclude=args.exclude,
                            merge_gap_s=args.merge_gap_s, class_ids=class_ids,
-                           sample_rate_hz=remote.sample_rate_hz if remote else None, force=args.force)
+                           sample_rate_hz=table.attrs.get("sample_rate_hz"), force=args.force)
     n_files = table["file"].nunique()
     where = written[0] if len(written) == 1 else f"{args.out} ({len(written)} files)"
     _log(f"wrote {where}: {args.format} for {n_files} file(s), {len(table)} score rows"

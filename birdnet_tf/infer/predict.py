@@ -127,7 +127,9 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
         raise BirdnetError(f"no input could be scored ({len(failures)} skipped: {detail})")
     rows.sort(key=lambda r: r[0])  # input order (stable within a file)
     cols = ["file", "start_s", "end_s", *model.labels]
-    return pd.DataFrame([r for _, r in rows], columns=cols), failures
+    table = pd.DataFrame([r for _, r in rows], columns=cols)
+    table.attrs["sample_rate_hz"] = sr
+    return table, failures
 
 
 def _sliding(model, files, window_s, hop_s, pooling, batch_size, progress, log):
