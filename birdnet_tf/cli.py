@@ -201,6 +201,19 @@ def _class_ids(args, labels: list[str]) -> dict[str, str] | None:
     return ids
 
 
+def cmd_submit(args) -> int:
+    if Path(args.out).exists() and not args.force:  # before loading TensorFlow
+        raise BirdnetError(f"{args.out}: already exists; choose another --out or pass --force")
+    _quiet_tensorflow()
+    from birdnet_tf.infer.submit import DEFAULT_DROP_CLASSES, submit
+
+    submit(args.task, args.models, args.audio, args.out, metadata=args.metadata, class_ids=args.class_ids,
+           pooling=args.pooling, window_s=args.window_s, hop_s=args.hop_s, max_windows=args.max_windows,
+           drop_classes=DEFAULT_DROP_CLASSES if args.drop_class is None else args.drop_class, engine=args.engine,
+           force=args.force, log=_log, progress=not args.no_progress)
+    return 0
+
+
 def cmd_serve(args) -> int:
     _quiet_tensorflow()
     from birdnet_tf.serve import run_server
@@ -345,6 +358,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=int, default=None, help="with --server: the model's rate in Hz")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("submit", parents=[quiet], help="write a BirdCLEF monophone or soundscape run file "
+                                                      "from one exported model or an ensemble")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="exported model folder(s); several form an ensemble that averages their window scores")
+    p.add_argument("--task", required=True, choices=["monophone", "soundscape"],
+                   help="monophone: MediaId;ClassId;Probability;Rank per file; soundscape: "
+                        "MediaId;HH:MM:SS-HH:MM:SS;ClassId;Probability per 5-s window (top 100 each)")
+    p.add_argument("--audio", required=True, action="append", metavar="AUDIO_OR_DIR",
+                   help="test recordings: a folder (searched recursively) or a file (repeatable)")
+    p.add_argument("--out", required=True, help="run file to write")
+    p.add_argument("--metadata", default=None, metavar="XML_DIR_OR_CSV",
+                   help="BirdCLEF XML folder or CSV with media_id/MediaId and filename columns "
+                        "(default: MediaId = the file's stem)")
+    p.add_argument("--class-ids", default=None, metavar="CSV",
+                   help="CSV label,class_id (default: the first model's assets.extra/labels.csv, else the labels)")
+    p.add_argument("--pooling", default=None,
+                   help="monophone per-file pooling: median (default, the 2018 baseline's), mean, max, logmeanexp[:a]")
+    p.add_argument("--max-windows", type=int, default=None,
+                   help="monophone windows per file, spread evenly (default: chunks.max_chunks_per_file, 128)")
+    p.add_argument("--window-s", type=float, default=None,
+                   help="window length (default: monophone the model's excerpt, soundscape 5)")
+    p.add_argument("--hop-s", type=float, default=None,
+                   help="hop between windows (default: monophone the model's eval hop, soundscape the window)")
+    p.add_argument("--engine", default="whole", choices=["whole", "sliding"],
+                   help="whole: the network runs once per recording (default); sliding: each window on its own")
+    p.add_argument("--drop-class", action="append", default=None, metavar="LABEL",
+                   help="class left out of the run file, case-insensitive (repeatable; default: noise); "
+                        "other scores are not renormalised")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("serve", help="serve exports with the TensorFlow Serving REST (and gRPC) API",
                        description="Serves exported models with TF Serving's v1 REST API (and optionally its gRPC "

@@ -33,10 +33,13 @@ class MelSpectrogram(keras.layers.Layer):
         n_mels: Number of mel bands.
         fmin_hz, fmax_hz: Edges of the filterbank.
         power: 1 for magnitude, 2 for power.
+        quantization_safe: Computes the same spectrogram (equal up to float32 rounding) in a
+            form that survives TFLite weight quantization (see :meth:`call`); slower on a
+            CPU, so training leaves it off and :mod:`birdnet_tf.tflite` turns it on.
     """
 
     def __init__(self, sample_rate_hz=22050, n_fft=1024, hop_length=315, n_mels=80,
-                 fmin_hz=150.0, fmax_hz=10000.0, power=2.0, **kwargs):
+                 fmin_hz=150.0, fmax_hz=10000.0, power=2.0, quantization_safe=False, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if not 0 <= fmin_hz < fmax_hz <= sample_rate_hz / 2:
@@ -50,6 +53,7 @@ class MelSpectrogram(keras.layers.Layer):
         self.fmin_hz = float(fmin_hz)
         self.fmax_hz = float(fmax_hz)
         self.power = float(power)
+        self.quantization_safe = bool(quantization_safe)
         self.mel_matrix = tf.signal.linear_to_mel_weight_matrix(
             num_mel_bins=self.n_mels, num_spectrogram_bins=self.n_fft // 2 + 1,
             sample_rate=self.sample_rate_hz, lower_edge_hertz=self.fmin_hz,
@@ -73,18 +77,57 @@ class MelSpectrogram(keras.layers.Layer):
         parts.append(blocks[:, k - 1:k - 1 + n_frames, :rest])
         return tf.concat(parts, axis=-1)
 
+    def hann_in_frequency_domain(self, frames):
+        """Real and imaginary parts of the rFFT of Hann-windowed ``frames``, windowed after the FFT.
+
+        For the periodic Hann window ``w[n] = 0.5 - 0.5 cos(2πn/N)`` of the FFT's length,
+        windowing is exactly ``X_w[k] = 0.5 X[k] - 0.25 (X[k-1] + X[k+1])`` (indices circular;
+        the neighbours outside ``0 … N//2`` are the conjugates of bins inside). That is
+        ``tf.signal.hann_window(N)`` for even ``N`` only (for odd ``N`` it is the symmetric
+        window), so :meth:`call` uses this for even ``n_fft`` only. Its three taps
+        are exact in float16 and int8, so a quantized model keeps the window exact. (Rounded
+        to float16, the window's sidelobes beyond 50 bins rise from about -160 dB to about
+        -110 dB (median), and quiet bands fill with leakage from loud ones.)
+        """
+        stft = tf.signal.rfft(frames, fft_length=[self.n_fft])
+        last = self.n_fft // 2  # index of the last rFFT bin
+        mirror = self.n_fft - last - 1  # X[last + 1] = conj(X[mirror])
+        parts = []
+        for v, sign in ((tf.math.real(stft), 1.0), (tf.math.imag(stft), -1.0)):
+            below = tf.concat([sign * v[..., 1:2], v[..., :-1]], axis=-1)  # X[k-1]; X[-1] = conj(X[1])
+            above = tf.concat([v[..., 1:], sign * v[..., mirror:mirror + 1]], axis=-1)  # X[k+1]
+            parts.append(0.5 * v - 0.25 * (below + above))
+        return parts[0], parts[1]
+
     def call(self, waveform):
+        """``(batch, samples)`` → ``(batch, frames, n_mels)``.
+
+        With ``quantization_safe`` two things differ, neither changing the values beyond
+        float32 rounding: the Hann window is applied in the frequency domain (even
+        ``n_fft``; :meth:`hann_in_frequency_domain`), so there is no window constant for float16
+        weights to round (a rounded window leaks loud bands into quiet ones: up to 1.6 in
+        log-mel on real recordings); and the mel filterbank is the LEFT operand of its
+        matmul, so dynamic-range int8 quantization (which quantizes right-hand constant
+        weights and then the other operand per frame to 8 bits) leaves it in float32 —
+        8 bits per frame cannot hold a power spectrum's range and wipe out the quiet bands.
+        """
         x = tf.cast(waveform, tf.float32)
         # Inputs shorter than one frame are zero-padded to a single frame.
         short = tf.maximum(self.n_fft - tf.shape(x)[-1], 0)
         x = tf.pad(x, [[0, 0], [0, short]])
-        window = tf.signal.hann_window(self.n_fft, dtype=tf.float32)
-        stft = tf.signal.rfft(self.frames(x) * window, fft_length=[self.n_fft])
-        spec = tf.square(tf.math.real(stft)) + tf.square(tf.math.imag(stft))  # power, without a sqrt
+        if self.quantization_safe and self.n_fft % 2 == 0:  # tf's "periodic" Hann is symmetric for odd n_fft
+            re, im = self.hann_in_frequency_domain(self.frames(x))
+        else:
+            window = tf.signal.hann_window(self.n_fft, dtype=tf.float32)
+            stft = tf.signal.rfft(self.frames(x) * window, fft_length=[self.n_fft])
+            re, im = tf.math.real(stft), tf.math.imag(stft)
+        spec = tf.square(re) + tf.square(im)  # power, without a sqrt
         if self.power == 1.0:
             spec = tf.sqrt(spec)
         elif self.power != 2.0:
             spec = tf.pow(spec, self.power / 2.0)
+        if self.quantization_safe:
+            return tf.transpose(tf.matmul(self.mel_matrix, spec, transpose_a=True, transpose_b=True), [0, 2, 1])
         return tf.matmul(spec, self.mel_matrix)
 
     def compute_output_shape(self, input_shape):
@@ -95,7 +138,7 @@ class MelSpectrogram(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "sample_rate_hz": self.sample_rate_hz, "n_fft": self.n_fft,
                 "hop_length": self.hop_length, "n_mels": self.n_mels, "fmin_hz": self.fmin_hz,
-                "fmax_hz": self.fmax_hz, "power": self.power}
+                "fmax_hz": self.fmax_hz, "power": self.power, "quantization_safe": self.quantization_safe}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

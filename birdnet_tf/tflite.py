@@ -1,0 +1,594 @@
+"""``birdnet-tf tflite``: TFLite flatbuffers of a run's model, verified against its SavedModel.
+
+Contract of one output (``model_<quantization>.tflite`` + ``model_<quantization>.json``)::
+
+    input   waveform float32 [1, window_samples] at the model's rate (one fixed-length window)
+    output  scores   float32 [1, classes] in labels order
+    ops     TFLite built-ins only (no SELECT_TF_OPS / Flex, no custom ops, no resource variables)
+
+The sidecar ``model_<q>.json`` holds the labels, the run's config, the quantization,
+the window, the package version and the verification figures; ``labels.txt`` is
+written beside them. Quantizations (:data:`QUANTIZATIONS`): ``float32``; ``float16``
+(weights stored as float16, computed in float32); ``int8`` (dynamic range: int8
+weights, no representative dataset).
+
+How the conversion avoids the known traps (REFERENCE §4 and measurements on xc-pr20):
+
+* The Keras model goes through :class:`keras.export.ExportArchive` to a temporary
+  SavedModel and ``TFLiteConverter.from_saved_model``; converting a concrete function of
+  a Keras 3 model leaves its variables unfrozen, and LiteRT then returns all-NaN without
+  an error. :func:`convert` rejects any flatbuffer that still reads variables.
+* For float16 and int8 the spectrogram layer is switched to its
+  ``quantization_safe`` form (:class:`birdnet_tf.frontend.MelSpectrogram`): a float16
+  Hann window leaks loud bands into quiet ones (max |Δscore| 0.11 on real recordings),
+  and int8 dynamic-range quantization of the mel filterbank quantizes each frame's power
+  spectrum to 8 bits (top-1 agreement with the SavedModel fell to 23 %). So the int8
+  model keeps the filterbank (41k weights) in float32.
+* ``convert(..., batch=None)`` gives a dynamic batch dimension that LiteRT's
+  ``resize_tensor_input`` sets (tested); a batch-1 flatbuffer cannot be resized (XNNPACK
+  refuses). The window length stays fixed: the ``birdnet-tf tflite`` files are batch 1.
+
+Every flatbuffer is checked against the SavedModel on windows of real recordings before
+it is written (:func:`verify`, tolerances in :data:`TOLERANCES`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from birdnet_tf.errors import BirdnetError
+
+#: Supported quantizations, in the order they are written.
+QUANTIZATIONS = ("float32", "float16", "int8")
+
+#: Largest |TFLite score - SavedModel score| (scores in [0, 1]) :func:`verify` accepts.
+#: Measured on five trained runs of the default architecture: four on xc-pr20 (456
+#: windows of its 41 validation recordings each) and the demo run (21 windows):
+#:
+#: * ``float32``: the same arithmetic in another order (XNNPACK kernels, TFLite's FFT);
+#:   measured ≤ 1.7e-5. 1e-4 leaves 6× headroom and stays below the smallest change that
+#:   rounding the weights to float16 caused (5.6e-4).
+#: * ``float16``: every weight rounded to 11 significant bits; measured 5.6e-4 … 5.8e-3
+#:   (0.11 before the frontend's ``quantization_safe`` form). 2e-2 = 3.4× the largest.
+#: * ``int8``: int8 weights and 8-bit activations inside the convolutions shift logits by
+#:   a few hundredths, which a confident softmax turns into score changes of a few per
+#:   cent: measured 2.7e-3 … 0.047, top-1 agreement 98–100 %. 0.1 = 2.1× the largest;
+#:   with the mel filterbank quantized too, the difference reached 0.9999.
+TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "int8": 0.1}
+
+#: TFLite operators that mean the variables were not frozen (LiteRT then returns NaN).
+_VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
+
+#: what LiteRT prints to fd 2 each time it loads a model on a CPU
+_LITERT_NOISE = re.compile(rb"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU")
+
+
+# ------------------------------------------------------------------ conversion
+def _load_run(run_dir: str | os.PathLike, model_file: str = "best.keras"):
+    """(keras model, config, labels, extra) of a run folder."""
+    from birdnet_tf.config import read_config_json
+    from birdnet_tf.data.labels import LabelSet
+    from birdnet_tf.models.build import load_keras_model
+
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        raise BirdnetError(f"{run}: not a run folder (no config.json)")
+    path = run / model_file
+    if not path.is_file():
+        raise BirdnetError(f"{path}: no trained model there (has training finished an epoch?)")
+    cfg, extra = read_config_json(run / "config.json")
+    labels = list(LabelSet.load(run / "labels.txt"))
+    return load_keras_model(path), cfg, labels, extra
+
+
+def quantization_safe_model(model):
+    """``model`` with every :class:`~birdnet_tf.frontend.MelSpectrogram` in its ``quantization_safe`` form.
+
+    All other layers (and so all weights) are shared with ``model``; the spectrogram
+    layers have no weights. Returns ``model`` itself when it has no such layer.
+    """
+    import keras
+
+    from birdnet_tf.frontend import MelSpectrogram
+
+    if not any(isinstance(layer, MelSpectrogram) for layer in model.layers):
+        return model
+
+    def clone(layer):
+        if isinstance(layer, MelSpectrogram):
+            return MelSpectrogram.from_config({**layer.get_config(), "quantization_safe": True})
+        return layer
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def flatbuffer_ops(content: bytes) -> list[str]:
+    """Names of the operator codes a TFLite flatbuffer uses (custom ops as ``CUSTOM:<name>``)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(content, 0)
+    ops = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            ops.add(f"CUSTOM:{(code.CustomCode() or b'?').decode()}")
+        else:
+            ops.add(names.get(builtin, str(builtin)))
+    return sorted(ops)
+
+
+def check_builtin_only(content: bytes, where: str = "TFLite model") -> list[str]:
+    """Raises :class:`BirdnetError` unless ``content`` uses only built-in, variable-free ops; returns the ops."""
+    ops = flatbuffer_ops(content)
+    custom = [op for op in ops if op.startswith("CUSTOM:")]
+    if custom:
+        raise BirdnetError(f"{where}: uses non-built-in ops {', '.join(custom)} (Flex/SELECT_TF_OPS or custom); "
+                           "a plain LiteRT runtime cannot run it")
+    variables = sorted(_VARIABLE_OPS & set(ops))
+    if variables:
+        raise BirdnetError(f"{where}: reads unfrozen variables ({', '.join(variables)}); LiteRT would return NaN")
+    return ops
+
+
+def convert(model_or_run, quantization: str = "float32", window_samples: int | None = None,
+            batch: int | None = 1, safe_frontend: bool = True) -> bytes:
+    """A TFLite flatbuffer of a Keras model: ``waveform float32 [batch, window_samples]`` → ``scores``.
+
+    Args:
+        model_or_run: A run folder (its ``best.keras`` and ``config.json``) or a Keras model.
+        quantization: ``float32``, ``float16`` (float16 weights) or ``int8`` (dynamic range).
+        window_samples: Fixed input length in samples; default (runs only) ``data.excerpt_s``
+            × the sample rate. Must be at least the model's receptive field.
+        batch: Fixed batch size of the input (1 = the contract of ``birdnet-tf tflite``), or
+            ``None`` for a dynamic batch dimension that LiteRT's ``resize_tensor_input`` sets.
+        safe_frontend: For float16 and int8, convert the spectrogram layers in their
+            ``quantization_safe`` form (:func:`quantization_safe_model`). ``False`` only to
+            see what it prevents: quiet bands lost to leakage (float16) or 8-bit spectra (int8).
+
+    Returns:
+        The flatbuffer; built-in ops only (asserted: conversion with ``TFLITE_BUILTINS``
+        alone, then :func:`check_builtin_only`).
+
+    Raises:
+        BirdnetError: Unknown quantization, a window shorter than the receptive field, or a
+            model that cannot be converted with built-in ops.
+    """
+    import keras
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise BirdnetError(f"unknown quantization '{quantization}'; choose from {', '.join(QUANTIZATIONS)}")
+    if isinstance(model_or_run, (str, os.PathLike)):
+        from birdnet_tf.models.build import min_samples
+
+        model, cfg, _, _ = _load_run(model_or_run)
+        window_samples = window_samples or cfg.excerpt_samples
+        shortest = min_samples(model, cfg)
+        if window_samples < shortest:
+            raise BirdnetError(f"{model_or_run}: a window of {window_samples} samples is shorter than the model's "
+                               f"receptive field ({shortest} samples = {shortest / cfg.audio.sample_rate_hz:.2f} s)")
+    else:
+        model = model_or_run
+        if not window_samples:
+            raise BirdnetError("convert: window_samples is needed when a model (not a run folder) is given")
+    window_samples = int(window_samples)
+    if quantization != "float32" and safe_frontend:
+        model = quantization_safe_model(model)
+
+    def serve(waveform):
+        return {"scores": model(waveform, training=False)}
+
+    with tempfile.TemporaryDirectory(prefix="birdnet-tflite-") as tmp:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", serve,
+                             input_signature=[tf.TensorSpec([batch, window_samples], tf.float32, name="waveform")])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            archive.write_out(tmp, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no SELECT_TF_OPS
+        if quantization == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantization == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # no representative dataset: dynamic range
+        try:
+            content = converter.convert()
+        except Exception as e:  # noqa: BLE001 - the converter raises several types with long MLIR dumps
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            reason = next((line for line in lines if line.startswith("TF Select ops:")),  # the ops it lacks
+                          lines[0] if lines else type(e).__name__)
+            raise BirdnetError(f"TFLite conversion ({quantization}) failed with built-in ops only: {reason[:300]}") \
+                from None
+    check_builtin_only(content, f"TFLite model ({quantization})")
+    return content
+
+
+# ------------------------------------------------------------------- inference
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``model_x.tflite`` → ``model_x.json`` (the sidecar with labels, config and verification)."""
+    return Path(path).with_suffix(".json")
+
+
+class TFLiteModel:
+    """A ``.tflite`` written by ``birdnet-tf tflite``, run with LiteRT: ``scores = m(waveforms)``.
+
+    Attributes ``labels``, ``sample_rate_hz``, ``window_samples``, ``quantization``,
+    ``config`` and ``meta`` (the whole sidecar) come from the sidecar JSON next to the file.
+
+    Args:
+        path: The ``.tflite`` file; its sidecar is ``<name>.json`` beside it.
+        num_threads: LiteRT CPU threads (default: LiteRT's choice).
+        content: The flatbuffer itself, when it is not (yet) on disk (``path`` then only names it).
+        meta: The sidecar's content, with ``content``.
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, *, content: bytes | None = None,
+                 meta: dict | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        from birdnet_tf.config import Config
+        from birdnet_tf.fileio import filtered_native_stderr
+
+        self.path = Path(path)
+        if content is None:
+            if not self.path.is_file():
+                raise BirdnetError(f"{self.path}: TFLite model file does not exist")
+            side = sidecar_path(self.path)
+            if not side.is_file():
+                raise BirdnetError(f"{self.path}: no sidecar {side.name} beside it (labels, sample rate); "
+                                   "write the model with 'birdnet-tf tflite RUN_DIR --out DIR'")
+            try:
+                meta = json.loads(side.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise BirdnetError(f"{side}: not valid JSON ({e})") from None
+            content = self.path.read_bytes()
+        if not isinstance(meta, dict) or not {"labels", "sample_rate_hz", "window_samples"} <= set(meta):
+            raise BirdnetError(f"{sidecar_path(self.path)}: sidecar lacks labels, sample_rate_hz or window_samples")
+        self.meta = meta
+        self.labels: list[str] = list(meta["labels"])
+        self.sample_rate_hz = int(meta["sample_rate_hz"])
+        self.window_samples = int(meta["window_samples"])
+        self.quantization: str = meta.get("quantization", "float32")
+        self.config = Config.from_dict(meta["config"], str(sidecar_path(self.path)), strict=False) \
+            if "config" in meta else None
+        try:
+            with filtered_native_stderr(_LITERT_NOISE):
+                self._interp = Interpreter(model_content=content, num_threads=num_threads)
+                self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise BirdnetError(f"{self.path}: LiteRT cannot load it ({str(e).splitlines()[0][:200]})") from None
+        inp, out = self._interp.get_input_details(), self._interp.get_output_details()
+        if len(inp) != 1 or len(out) != 1:
+            raise BirdnetError(f"{self.path}: expected one input and one output, found {len(inp)} and {len(out)}")
+        self._in, self._out = inp[0]["index"], out[0]["index"]
+        shape = [int(d) for d in inp[0]["shape_signature"]]
+        if len(shape) != 2 or shape[1] != self.window_samples:
+            raise BirdnetError(f"{self.path}: input shape {shape} does not match the sidecar's window "
+                               f"of {self.window_samples} samples")
+        self.dynamic_batch = shape[0] == -1
+        self._batch = 1
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+    def _fit(self, waveforms) -> np.ndarray:
+        """``[batch, window_samples]`` float32: shorter rows looped, longer ones cut (as predict's windows)."""
+        x = np.asarray(waveforms, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2:
+            raise BirdnetError(f"{self.path}: waveforms must be [batch, samples], got shape {x.shape}")
+        n = self.window_samples
+        if x.shape[1] == n:
+            return np.ascontiguousarray(x)
+        if x.shape[1] == 0:
+            return np.zeros((len(x), n), np.float32)
+        if x.shape[1] > n:
+            return np.ascontiguousarray(x[:, :n])
+        return np.stack([np.resize(row, n) for row in x])
+
+    def __call__(self, waveforms) -> np.ndarray:
+        """``float32 [batch, samples]`` → ``[batch, classes]`` scores.
+
+        Rows of another length than ``window_samples`` are looped (shorter) or cut to their
+        first window (longer). A batch-1 model runs once per row; a dynamic-batch one once.
+        """
+        x = self._fit(waveforms)
+        if not len(x):
+            return np.zeros((0, self.n_classes), np.float32)
+        if self.dynamic_batch:
+            if len(x) != self._batch:
+                self._interp.resize_tensor_input(self._in, [len(x), self.window_samples])
+                self._interp.allocate_tensors()
+                self._batch = len(x)
+            self._interp.set_tensor(self._in, x)
+            self._interp.invoke()
+            return self._interp.get_tensor(self._out).copy()
+        rows = []
+        for row in x:
+            self._interp.set_tensor(self._in, row[None])
+            self._interp.invoke()
+            rows.append(self._interp.get_tensor(self._out)[0].copy())
+        return np.stack(rows)
+
+
+# ---------------------------------------------------------------- verification
+def verify(tflite_model: TFLiteModel, reference, audio_windows, tolerance: float | None = None,
+           batch_size: int = 32) -> dict:
+    """Scores of the TFLite model and the reference on the same windows, compared.
+
+    Args:
+        tflite_model: A :class:`TFLiteModel`.
+        reference: Any callable ``float32 [batch, samples] → [batch, classes]``, normally
+            the run's SavedModel (:class:`birdnet_tf.export.ExportedModel`).
+        audio_windows: ``float32 [windows, tflite_model.window_samples]``.
+        tolerance: Largest accepted max |Δscore|; default ``TOLERANCES[quantization]``.
+
+    Returns:
+        ``windows``, ``max_abs_diff``, ``mean_abs_diff``, ``top1_agreement`` (fraction of
+        windows whose best class agrees), ``tolerance``, ``quantization`` and
+        ``ms_per_window`` (TFLite, on this machine).
+
+    Raises:
+        BirdnetError: NaN or infinite scores from either model, or a max difference above
+            the tolerance; the message names the file and the figures.
+    """
+    windows = np.asarray(audio_windows, dtype=np.float32)
+    if windows.ndim != 2 or not len(windows):
+        raise BirdnetError(f"{tflite_model.path}: verify needs [windows, samples] audio, got shape {windows.shape}")
+    tol = TOLERANCES.get(tflite_model.quantization, TOLERANCES["int8"]) if tolerance is None else float(tolerance)
+    start = time.perf_counter()
+    got = tflite_model(windows)
+    ms = 1000 * (time.perf_counter() - start) / len(windows)
+    ref = np.concatenate([np.asarray(reference(windows[i:i + batch_size]), np.float32)
+                          for i in range(0, len(windows), batch_size)])
+    if got.shape != ref.shape:
+        raise BirdnetError(f"{tflite_model.path}: scores have shape {got.shape}, the reference's {ref.shape}")
+    for name, scores in (("TFLite model", got), ("reference SavedModel", ref)):
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            rows = int(bad.any(axis=1).sum())
+            raise BirdnetError(f"{tflite_model.path}: the {name} gives NaN or infinite scores on {rows} of "
+                               f"{len(windows)} windows ({tflite_model.quantization})")
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    result = {
+        "quantization": tflite_model.quantization,
+        "windows": int(len(windows)),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "top1_agreement": float(np.mean(got.argmax(axis=1) == ref.argmax(axis=1))),
+        "tolerance": tol,
+        "ms_per_window": round(ms, 3),
+    }
+    if result["max_abs_diff"] > tol:
+        raise BirdnetError(f"{tflite_model.path}: scores differ from the reference SavedModel by up to "
+                           f"{result['max_abs_diff']:.3g} (tolerance {tol:g} for {tflite_model.quantization}; "
+                           f"mean {result['mean_abs_diff']:.2g}, top-1 agreement "
+                           f"{100 * result['top1_agreement']:.1f}% on {len(windows)} windows)")
+    return result
+
+
+def check_signals(window_samples: int, sample_rate_hz: int) -> dict[str, np.ndarray]:
+    """Silence, white noise and a 3-kHz tone of one window each (float32)."""
+    t = np.arange(window_samples) / sample_rate_hz
+    rng = np.random.default_rng(0)
+    return {
+        "silence": np.zeros(window_samples, np.float32),
+        "noise": (0.1 * rng.standard_normal(window_samples)).astype(np.float32),
+        "tone": (0.5 * np.sin(2 * np.pi * 3000.0 * t)).astype(np.float32),
+    }
+
+
+def audio_windows(inputs: list[str], window_samples: int, sample_rate_hz: int, max_per_file: int | None = 8,
+                  log=print) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """Windows of ``window_samples`` cut from audio files and folders (looped when a file is shorter).
+
+    Each file gives windows every ``window_samples`` (the last one aligned to its end), at
+    most ``max_per_file`` spread evenly over it.
+
+    Returns:
+        ``(windows float32 [n, window_samples], files used, skipped (path, reason))``.
+    """
+    from birdnet_tf.data.audio import load_audio
+    from birdnet_tf.data.pipeline import window_starts
+    from birdnet_tf.errors import AudioDecodeError
+    from birdnet_tf.infer.predict import expand_inputs
+
+    files, skipped = expand_inputs([str(p) for p in inputs])
+    parts, used = [], []
+    for path in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a low source rate does not matter for a comparison
+                x, _ = load_audio(path, sample_rate_hz)
+        except AudioDecodeError as e:
+            skipped.append((path, str(e)))
+            continue
+        starts = window_starts(len(x), window_samples, window_samples, max_per_file)
+        for s in starts:
+            seg = x[s:s + window_samples]
+            parts.append(np.resize(seg, window_samples) if len(seg) < window_samples else seg)
+        used.append(path)
+    for path, reason in skipped:
+        log(f"warning: skipped {path}: {reason}")
+    windows = np.stack(parts).astype(np.float32) if parts else np.zeros((0, window_samples), np.float32)
+    return windows, used, skipped
+
+
+def validation_audio(run_dir: str | os.PathLike) -> list[str]:
+    """The run's validation recordings from ``split.csv`` that exist on this machine.
+
+    The prepared WAV (``wav_path``) when it is still there, else the original file
+    (``key`` under the run's ``data_dir``); recordings found in neither place are left out.
+    """
+    import pandas as pd
+
+    from birdnet_tf.config import read_config_json
+
+    run = Path(run_dir)
+    if not (run / "split.csv").is_file():
+        return []
+    table = pd.read_csv(run / "split.csv", keep_default_na=False, dtype=str)
+    if "split" not in table.columns:
+        return []
+    data_dir = ""
+    if (run / "config.json").is_file():
+        data_dir = str(read_config_json(run / "config.json")[1].get("data_dir") or "")
+    found = []
+    for _, row in table[table["split"] == "val"].iterrows():
+        for candidate in (row.get("wav_path", ""), str(Path(data_dir) / row.get("key", "")) if data_dir else ""):
+            if candidate and Path(candidate).is_file():
+                found.append(candidate)
+                break
+    return found
+
+
+# ---------------------------------------------------------------------- export
+def output_paths(out_dir: str | os.PathLike, quantizations) -> list[Path]:
+    out = Path(out_dir)
+    return [out / "labels.txt"] + [out / f"model_{q}.{ext}" for q in quantizations for ext in ("tflite", "json")]
+
+
+def check_outputs(out_dir: str | os.PathLike, quantizations, force: bool = False) -> None:
+    """Raises :class:`BirdnetError` for an unknown quantization or (unless ``force``) an existing output."""
+    unknown = [q for q in quantizations if q not in QUANTIZATIONS]
+    if unknown or not quantizations:
+        raise BirdnetError(f"unknown quantization {', '.join(unknown) or '(none given)'}; "
+                           f"choose from {', '.join(QUANTIZATIONS)}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BirdnetError(f"{out}: exists and is not a folder")
+    existing = [p for p in output_paths(out, quantizations) if p.exists()]
+    if existing and not force:
+        raise BirdnetError(f"{existing[0]}: already exists; choose another --out or pass --force")
+
+
+def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantizations=QUANTIZATIONS,
+                  window_s: float | None = None, check_audio: list[str] | None = None, force: bool = False,
+                  log=print, reference: str | os.PathLike | None = None, num_threads: int | None = None,
+                  max_windows_per_file: int | None = 8) -> dict[str, dict]:
+    """Writes verified TFLite models of a run: ``out_dir/model_<q>.tflite`` + ``model_<q>.json`` + ``labels.txt``.
+
+    Each quantization is converted (:func:`convert`), loaded in LiteRT and compared with
+    the run's SavedModel (:func:`verify`) on silence, noise and a tone plus windows cut
+    from ``check_audio``, and written only if it passes. Outputs are written atomically.
+
+    Args:
+        run_dir: Training run folder (``best.keras``, ``config.json``, ``labels.txt``).
+        out_dir: Output folder (created).
+        quantizations: Any of :data:`QUANTIZATIONS`.
+        window_s: Input window in seconds; default ``data.excerpt_s`` of the run.
+        check_audio: Audio files and folders to cut verification windows from; ``None`` or
+            empty = the three test signals only (the CLI passes the run's validation files).
+        force: Replace existing outputs.
+        reference: An export folder of this run (``birdnet-tf export``); default: the run is
+            exported to a temporary folder with :func:`birdnet_tf.export.export_model`.
+        num_threads: LiteRT threads during verification.
+        max_windows_per_file: Verification windows per audio file (spread over the file).
+
+    Returns:
+        ``{quantization: {"path", "size_bytes", **verification}}`` for the written models.
+
+    Raises:
+        BirdnetError: Bad arguments, existing outputs, a conversion error, or (after the
+            others were written) the quantizations that failed verification.
+    """
+    from birdnet_tf import __version__
+    from birdnet_tf.export import ExportedModel, export_model
+    from birdnet_tf.fileio import atomic_path, write_json_atomic, write_text_atomic
+    from birdnet_tf.models.build import min_samples
+
+    quantizations = list(dict.fromkeys(quantizations))
+    check_outputs(out_dir, quantizations, force)
+    out = Path(out_dir)
+    run = Path(run_dir)
+    model, cfg, labels, extra = _load_run(run)
+    sr = cfg.audio.sample_rate_hz
+    if window_s is not None and window_s <= 0:
+        raise BirdnetError(f"--window-s must be positive, got {window_s}")
+    window = int(round(window_s * sr)) if window_s is not None else cfg.excerpt_samples
+    shortest = min_samples(model, cfg)
+    if window < shortest:
+        raise BirdnetError(f"{run}: a window of {window / sr:.3f} s is shorter than the model's receptive field "
+                           f"({shortest / sr:.3f} s); choose a longer --window-s")
+
+    signals = check_signals(window, sr)
+    windows, used, skipped = np.stack(list(signals.values())), [], []
+    if check_audio:
+        real, used, skipped = audio_windows(check_audio, window, sr, max_windows_per_file, log=log)
+        if not len(real):
+            raise BirdnetError(f"no verification audio could be read from {', '.join(map(str, check_audio[:3]))}"
+                               + (f" ({skipped[0][0]}: {skipped[0][1]})" if skipped else ""))
+        windows = np.concatenate([windows, real])
+    log(f"verification windows: {len(windows)} of {window / sr:g} s ({len(used)} recording(s)"
+        f"{f', {len(skipped)} skipped' if skipped else ''} + silence, noise, tone)")
+
+    with tempfile.TemporaryDirectory(prefix="birdnet-tflite-ref-") as tmp:
+        if reference is None:
+            ref_dir = export_model(model, cfg, labels, Path(tmp) / "export", log=lambda msg: None)
+            ref_name = "temporary SavedModel export of the run"
+        else:
+            ref_dir = Path(reference)
+            ref_name = str(ref_dir.resolve())
+        ref = ExportedModel(ref_dir)
+        if list(ref.labels) != list(labels) or ref.sample_rate_hz != sr:
+            raise BirdnetError(f"{ref_dir}: reference export does not match {run} (labels or sample rate differ)")
+
+        results, failures = {}, []
+        for q in quantizations:
+            content = convert(model, q, window)
+            meta = {
+                "birdnet_tf_version": __version__,
+                "file": f"model_{q}.tflite",
+                "quantization": q,
+                "input": {"name": "waveform", "dtype": "float32", "shape": [1, window],
+                          "meaning": "one window of audio at sample_rate_hz, samples in [-1, 1]"},
+                "output": {"name": "scores", "dtype": "float32", "shape": [1, len(labels)],
+                           "meaning": "class scores in labels order"},
+                "sample_rate_hz": sr,
+                "window_samples": window,
+                "window_s": window / sr,
+                "labels": list(labels),
+                "ops": flatbuffer_ops(content),
+                "size_bytes": len(content),
+                "source_run": str(run.resolve()),
+                "source_model": "best.keras",
+            }
+            tfl = TFLiteModel(out / meta["file"], num_threads=num_threads, content=content, meta=meta)
+            try:
+                figures = verify(tfl, ref, windows)
+            except BirdnetError as e:
+                failures.append(str(e))
+                log(f"model_{q}.tflite: verification FAILED, not written: {e}")
+                continue
+            meta["verification"] = {**figures, "reference": ref_name, "recordings": len(used),
+                                    "test_signals": list(signals), "num_threads": num_threads}
+            meta["config"] = cfg.to_dict()
+            out.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out / meta["file"]) as part:
+                part.write_bytes(content)
+            write_json_atomic(sidecar_path(out / meta["file"]), meta)
+            results[q] = {"path": str(out / meta["file"]), "size_bytes": len(content), **figures}
+            log(f"wrote {out / meta['file']}: {len(content) / 1024:.0f} KiB; vs SavedModel max |Δscore| "
+                f"{figures['max_abs_diff']:.2g} (tolerance {figures['tolerance']:g}), mean "
+                f"{figures['mean_abs_diff']:.2g}, top-1 agreement {100 * figures['top1_agreement']:.1f}% "
+                f"on {figures['windows']} windows")
+    if results:
+        write_text_atomic(out / "labels.txt", "".join(f"{label}\n" for label in labels))
+    if failures:
+        done = f"; written: {', '.join(results)}" if results else ""
+        raise BirdnetError(f"{len(failures)} quantization(s) failed verification{done}. {failures[0]}")
+    return results
