@@ -31,6 +31,7 @@ class AudioConfig:
 class FrontendConfig:
     """The in-model spectrogram frontend: waveform ``(batch, samples)`` → ``(batch, frames, mels)``."""
 
+    kind: str = "mel"  # mel (the settings below) | chunks (the 2018 baseline's 0..1 chunk images, section chunks)
     n_fft: int = 1024
     hop_length: int = 315  # 70 frames/s at 22,050 Hz, as in the OFAI system
     n_mels: int = 80
@@ -59,6 +60,7 @@ class DataConfig:
     max_excerpts_per_file: int = 8  # ... at most this many
     min_excerpts_per_file: int = 1
     file_pooling: str = "mean"  # pooling of window scores per file in validation
+    min_signal_score: float = 0.0  # > 0: drop training excerpts whose baseline signal/noise score is lower
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ class AugmentConfig:
     freq_mask_bins: int = 8
     time_masks: int = 2
     time_mask_frames: int = 25
+    # the 2018 baseline's image augmentations (frontend.kind=chunks): names from
+    # birdnet_tf.data.image_augment, e.g. roll_v,noise_chunk; each try succeeds with image_aug_prob
+    image_augs: tuple[str, ...] = ()
+    image_aug_prob: float = 0.5
+    image_aug_max: int = 2  # at most this many per example
 
 
 @dataclass(frozen=True)
@@ -102,11 +109,17 @@ class TrainConfig:
 
     epochs: int = 50
     steps_per_epoch: int = 0  # 0 = derived from the dataset (one pass of sampled excerpts)
+    optimizer: str = "adamw"  # adamw | adam | sgd | nesterov (SGD with Nesterov momentum)
+    momentum: float = 0.9  # sgd and nesterov only; 0 = plain SGD
     learning_rate: float = 3e-3
-    min_learning_rate: float = 1e-5
-    schedule: str = "cosine"  # cosine | constant
-    warmup_epochs: float = 1.0
-    weight_decay: float = 1e-4
+    min_learning_rate: float = 1e-5  # end of cosine / linear; floor of step / root
+    schedule: str = "cosine"  # cosine | constant | step | linear | root (lr / sqrt(epoch), the 2018 baseline's)
+    lr_step_epochs: float = 10.0  # step: multiply the learning rate by lr_step_factor every this many epochs
+    lr_step_factor: float = 0.1
+    warmup_epochs: float = 1.0  # every schedule: linear ramp from 0.1 × learning_rate over these epochs
+    weight_decay: float = 1e-4  # decoupled (AdamW-style) decay, applied by every optimizer; 0 = off
+    init_weights: str = ""  # a .keras model or .weights.h5 to start a new run from (not applied on resume)
+    init_skip_output: bool = False  # load all but the output layer frame_logits (fine-tune on other classes)
     loss: str = "cce"  # cce (softmax cross-entropy) | bce
     label_smoothing: float = 0.0
     early_stopping_patience: int = 0  # epochs without val MLRAP improvement; 0 = off

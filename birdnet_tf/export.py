@@ -14,6 +14,7 @@ Contract of the export folder (usable as a TF Serving version folder)::
       front, body                       the two halves the streaming whole-recording path of
                                         ``birdnet-tf predict`` runs (waveform → frames → logits)
     assets.extra/labels.txt             class names in score order
+    assets.extra/labels.csv             label,class_id,common_name (BirdCLEF class ids), when the run has them
     assets.extra/config.json            the run's config + package version + export facts
                                         (signatures, step geometry, window and hop)
 
@@ -36,6 +37,15 @@ from birdnet_tf.config import Config, read_config_json, save_config
 from birdnet_tf.errors import BirdnetError
 
 EXTRA = "assets.extra"
+
+
+SIGNATURES = {
+    "serving_default": "waveform float32 [batch, samples] -> scores [batch, classes]",
+    "windows": "waveform float32 [samples] (one recording) -> scores [windows, classes], "
+               "start_s, end_s [windows], labels [classes], sample_rate_hz []",
+    "front": "waveform float32 [batch, samples] -> frames [batch, frames, bands]",
+    "body": "frames [batch, frames, bands] (band-centred if whole_recording.center) -> logits [batch, steps, classes]",
+}
 
 
 def _serving_fn(model, min_len: int):
@@ -121,8 +131,12 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
 
 def export_model(model, cfg: Config, labels: list[str], out_dir: str | os.PathLike, force: bool = False,
                  extra: dict | None = None, window_s: float | None = None, hop_s: float | None = None,
-                 log=print) -> Path:
-    """Writes ``model`` as a verified SavedModel to ``out_dir`` (see module docstring)."""
+                 log=print, labels_csv: str | os.PathLike | None = None) -> Path:
+    """Writes ``model`` as a verified SavedModel to ``out_dir`` (see module docstring).
+
+    ``labels_csv`` (the run's ``label,class_id,common_name`` table, when it has one) is
+    copied to ``assets.extra/labels.csv``, where ``predict``/``submit`` find BirdCLEF class ids.
+    """
     import keras
 
     from birdnet_tf.models.build import min_samples
@@ -138,21 +152,22 @@ def export_model(model, cfg: Config, labels: list[str], out_dir: str | os.PathLi
     archive.track(model)
     archive.add_endpoint("serving_default", _serving_fn(model, min_len))
     window_s = window_s or cfg.data.excerpt_s
-    fns, whole = _whole_recording_fns(model, cfg, labels, window_s, hop_s or window_s)
+    try:
+        fns, whole = _whole_recording_fns(model, cfg, labels, window_s, hop_s or window_s)
+    except BirdnetError as e:  # e.g. the baseline's chunk models: windows are scored one by one
+        fns, whole = {}, None
+        log(f"note: no whole-recording signatures ({e})")
     for name, fn in fns.items():
         archive.add_endpoint(name, fn)
     archive.write_out(str(tmp), verbose=False)
     (tmp / EXTRA).mkdir(exist_ok=True)
     (tmp / EXTRA / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+    if labels_csv is not None:
+        shutil.copyfile(labels_csv, tmp / EXTRA / "labels.csv")
     save_config(cfg, tmp / EXTRA / "config.json", labels=list(labels), min_samples=min_len,
                 input="waveform float32 [batch, samples] at audio.sample_rate_hz",
                 output="scores float32 [batch, classes] in labels order",
-                signatures={"serving_default": "waveform float32 [batch, samples] -> scores [batch, classes]",
-                            "windows": "waveform float32 [samples] (one recording) -> scores [windows, classes], "
-                                       "start_s, end_s [windows], labels [classes], sample_rate_hz []",
-                            "front": "waveform float32 [batch, samples] -> frames [batch, frames, bands]",
-                            "body": "frames [batch, frames, bands] (band-centred if whole_recording.center) "
-                                    "-> logits [batch, steps, classes]"},
+                signatures={name: text for name, text in SIGNATURES.items() if name in fns or name == "serving_default"},
                 whole_recording=whole, **(extra or {}))
     try:
         check_export(tmp, cfg, len(labels))
@@ -224,7 +239,9 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model_fil
     labels = list(LabelSet.load(run / "labels.txt"))
     state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
     model = load_keras_model(path)
+    labels_csv = run / "labels.csv" if (run / "labels.csv").is_file() else None
     return export_model(model, cfg, labels, out_dir, force=force, log=log, window_s=window_s, hop_s=hop_s,
+                        labels_csv=labels_csv,
                         extra={"source_run": str(run.resolve()), "source_model": model_file,
                                "best_epoch": state.get("best_epoch"), state.get("monitor", "monitor"): state.get("best")})
 

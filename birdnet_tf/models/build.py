@@ -26,6 +26,11 @@ def build_model(cfg: Config, n_classes: int, name: str | None = None) -> keras.M
     for layer in frontend_layers(cfg):
         x = layer(x)
     x = spec_augment_layer(cfg.augment)(x)
+    if cfg.augment.image_augs:
+        from birdnet_tf.data.image_augment import ImageAugment
+
+        x = ImageAugment(cfg.augment.image_augs, cfg.augment.image_aug_prob, cfg.augment.image_aug_max,
+                         seed=cfg.data.seed, name="image_augment")(x)
     feats = backbone(x, cfg)
     logits = keras.layers.Dense(n_classes, name="frame_logits")(feats)
     pooled = TemporalPooling(cfg.model.temporal_pooling, name="temporal_pooling")(logits)
@@ -73,6 +78,9 @@ def load_keras_model(path) -> keras.Model:
     import birdnet_tf.frontend  # noqa: F401 - registers the frontend layers
     import birdnet_tf.models.layers  # noqa: F401 - registers the head layers
     import birdnet_tf.data.image_augment  # noqa: F401 - registers the baseline's augmentation layer
+    from birdnet_tf.train.trainer import register_schedules
+
+    register_schedules()  # learning-rate schedules a compiled .keras may hold
     from birdnet_tf.errors import BirdnetError
 
     if not Path(path).is_file():

@@ -119,23 +119,154 @@ def configure_precision(cfg: Config, log=print) -> str:
     return policy
 
 
-def make_optimizer(cfg: Config, steps_per_epoch: int):
+def register_schedules() -> dict[str, type]:
+    """Defines and registers (once) the learning-rate schedules that Keras lacks; returns them by name.
+
+    Call before loading a ``.keras`` file compiled with one of them (``last.keras``,
+    ``best.keras``); :func:`make_optimizer` calls it. All are ``keras.optimizers.schedules.
+    LearningRateSchedule`` subclasses serialised as ``birdnet_tf>ClassName``. With
+    ``s`` the optimizer step, ``w = warmup_steps`` and ``t = max(0, s - w)`` (steps after warm-up):
+
+    - warm-up (every schedule, ``s < w``): linear from ``0.1 × lr`` to ``lr``, as Keras' ``CosineDecay``;
+    - ``ConstantSchedule``: ``lr``;
+    - ``StepSchedule``: ``max(min_lr, lr × factor ** floor(t / (step_epochs × steps_per_epoch)))``;
+    - ``LinearSchedule``: ``lr + (min_lr − lr) × min(1, t / decay_steps)``;
+    - ``RootSchedule`` (the 2018 baseline's ``lr_start / sqrt(epoch)`` with 1-based epochs, made
+      continuous per step): ``max(min_lr, lr / sqrt(1 + t / steps_per_epoch))`` — exactly the
+      baseline's value at the start of each epoch after warm-up.
+    """
+    if _SCHEDULES:
+        return _SCHEDULES
+    import keras
+    from keras import ops
+
+    class _WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, learning_rate: float, min_learning_rate: float = 0.0, warmup_steps: int = 0,
+                     steps_per_epoch: int = 1, decay_steps: int = 1, step_epochs: float = 1.0,
+                     step_factor: float = 1.0):
+            super().__init__()
+            self.learning_rate, self.min_learning_rate = float(learning_rate), float(min_learning_rate)
+            self.warmup_steps, self.steps_per_epoch = int(warmup_steps), max(1, int(steps_per_epoch))
+            self.decay_steps, self.step_epochs = max(1, int(decay_steps)), float(step_epochs)
+            self.step_factor = float(step_factor)
+
+        def _decay(self, t):  # t: float32 steps after warm-up
+            raise NotImplementedError
+
+        def __call__(self, step):
+            s = ops.cast(step, "float32")
+            lr = ops.maximum(self._decay(ops.maximum(s - float(self.warmup_steps), 0.0)), 0.0)
+            if self.warmup_steps <= 0:
+                return lr
+            start = 0.1 * self.learning_rate
+            ramp = start + (self.learning_rate - start) * s / float(self.warmup_steps)
+            return ops.where(s < float(self.warmup_steps), ramp, lr)
+
+        def get_config(self):
+            return {"learning_rate": self.learning_rate, "min_learning_rate": self.min_learning_rate,
+                    "warmup_steps": self.warmup_steps, "steps_per_epoch": self.steps_per_epoch,
+                    "decay_steps": self.decay_steps, "step_epochs": self.step_epochs,
+                    "step_factor": self.step_factor}
+
+    register = keras.saving.register_keras_serializable(package="birdnet_tf")
+
+    @register
+    class ConstantSchedule(_WarmupSchedule):
+        def _decay(self, t):
+            return ops.zeros_like(t) + self.learning_rate
+
+    @register
+    class StepSchedule(_WarmupSchedule):
+        def _decay(self, t):
+            size = max(1.0, self.step_epochs * self.steps_per_epoch)
+            lr = self.learning_rate * ops.power(self.step_factor, ops.floor(t / size))
+            return ops.maximum(lr, self.min_learning_rate)
+
+    @register
+    class LinearSchedule(_WarmupSchedule):
+        def _decay(self, t):
+            frac = ops.minimum(t / float(self.decay_steps), 1.0)
+            return self.learning_rate + (self.min_learning_rate - self.learning_rate) * frac
+
+    @register
+    class RootSchedule(_WarmupSchedule):
+        def _decay(self, t):
+            lr = self.learning_rate / ops.sqrt(1.0 + t / float(self.steps_per_epoch))
+            return ops.maximum(lr, self.min_learning_rate)
+
+    _SCHEDULES.update(constant=ConstantSchedule, step=StepSchedule, linear=LinearSchedule, root=RootSchedule)
+    return _SCHEDULES
+
+
+_SCHEDULES: dict[str, type] = {}
+
+SCHEDULES = ("cosine", "constant", "step", "linear", "root")
+OPTIMIZERS = ("adamw", "adam", "sgd", "nesterov")
+
+
+def make_schedule(cfg: Config, steps_per_epoch: int):
+    """The learning rate of ``cfg.train`` for ``steps_per_epoch`` optimizer steps per epoch.
+
+    ``cosine`` is Keras' ``CosineDecay`` (to ``min_learning_rate`` at the end of the run),
+    ``constant`` without warm-up a plain float; the others are the schedules of
+    :func:`register_schedules`. Warm-up lasts ``warmup_epochs × steps_per_epoch`` steps
+    (at most all steps but one) and runs from ``0.1 × learning_rate`` to ``learning_rate``.
+
+    Returns:
+        A float or a ``keras.optimizers.schedules.LearningRateSchedule`` (step → learning rate).
+    """
     import keras
 
     t = cfg.train
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, not '{t.schedule}'")
+    if t.learning_rate <= 0 or t.min_learning_rate < 0:
+        raise ConfigError(f"train.learning_rate must be > 0 and train.min_learning_rate >= 0 (got "
+                          f"{t.learning_rate}, {t.min_learning_rate})")
+    if t.schedule == "step" and (t.lr_step_epochs <= 0 or not 0 < t.lr_step_factor <= 1):
+        raise ConfigError(f"train.schedule=step needs train.lr_step_epochs > 0 and 0 < train.lr_step_factor <= 1 "
+                          f"(got {t.lr_step_epochs}, {t.lr_step_factor})")
+    steps_per_epoch = max(1, int(steps_per_epoch))
     total = max(1, t.epochs * steps_per_epoch)
-    if t.schedule == "constant":
-        lr = t.learning_rate
-    elif t.schedule == "cosine":
-        warm = int(round(t.warmup_epochs * steps_per_epoch))
-        warm = min(warm, total - 1)
-        lr = keras.optimizers.schedules.CosineDecay(
+    warm = min(int(round(t.warmup_epochs * steps_per_epoch)), total - 1)
+    if t.schedule == "cosine":  # exactly as before the other schedules existed
+        return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=t.learning_rate * (0.1 if warm else 1.0),
             decay_steps=max(1, total - warm), alpha=t.min_learning_rate / t.learning_rate,
             warmup_target=t.learning_rate if warm else None, warmup_steps=warm)
-    else:
-        raise ConfigError(f"train.schedule must be cosine or constant, not '{t.schedule}'")
-    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=t.weight_decay)
+    if t.schedule == "constant" and not warm:
+        return t.learning_rate
+    return register_schedules()[t.schedule](
+        learning_rate=t.learning_rate, min_learning_rate=t.min_learning_rate, warmup_steps=warm,
+        steps_per_epoch=steps_per_epoch, decay_steps=max(1, total - warm), step_epochs=t.lr_step_epochs,
+        step_factor=t.lr_step_factor)
+
+
+def make_optimizer(cfg: Config, steps_per_epoch: int):
+    """The Keras optimizer of ``cfg.train`` with its learning-rate schedule (:func:`make_schedule`).
+
+    ``adamw`` (the default) and ``adam`` are Keras' AdamW / Adam, ``sgd`` is SGD with
+    ``train.momentum`` (0 = plain SGD) and ``nesterov`` SGD with Nesterov momentum.
+    ``train.weight_decay`` goes to every optimizer's ``weight_decay`` argument: Keras 3 applies
+    it decoupled from the gradient (``w -= lr × weight_decay × w`` each step), so ``adam`` with
+    weight decay behaves as ``adamw``; set ``train.weight_decay=0`` for the classic Adam / SGD.
+    """
+    import keras
+
+    t = cfg.train
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, not '{t.optimizer}'")
+    if t.weight_decay < 0 or not 0 <= t.momentum < 1:
+        raise ConfigError(f"train.weight_decay must be >= 0 and 0 <= train.momentum < 1 "
+                          f"(got {t.weight_decay}, {t.momentum})")
+    lr = make_schedule(cfg, steps_per_epoch)
+    if t.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=t.weight_decay)
+    decay = t.weight_decay or None
+    if t.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=lr, weight_decay=decay)
+    return keras.optimizers.SGD(learning_rate=lr, momentum=t.momentum, nesterov=t.optimizer == "nesterov",
+                                weight_decay=decay)
 
 
 def make_loss(cfg: Config):
@@ -146,6 +277,86 @@ def make_loss(cfg: Config):
     if cfg.train.loss == "cce":
         return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
     raise ConfigError(f"train.loss must be bce or cce, not '{cfg.train.loss}'")
+
+
+def read_init_weights(cfg: Config, n_classes: int, log=print) -> dict[str, list[np.ndarray]]:
+    """Reads ``train.init_weights`` for a new model of ``cfg`` with ``n_classes`` outputs.
+
+    A ``.keras`` model's layers are matched to the new model's by name and weight shapes.
+    A ``.weights.h5`` file (e.g. ``checkpoints/epoch_NNN.weights.h5``) holds no layer names:
+    it is loaded, layer by layer in Keras' order, into a model of ``cfg``'s architecture and
+    the layers whose shapes fit are kept. With ``train.init_skip_output`` the output layer
+    ``frame_logits`` is never taken, so a model trained on other classes can be fine-tuned.
+
+    Args:
+        cfg: The new run's config (``train.init_weights``, ``train.init_skip_output``, model).
+        n_classes: Classes of the new model.
+        log: Where the counts of loaded and skipped layers are reported.
+
+    Returns:
+        ``{layer name: weights}`` to ``set_weights`` on the new model's layers.
+
+    Raises:
+        BirdnetError: The file does not exist or cannot be read, no layer matches, or (without
+            ``train.init_skip_output``) its number of classes differs from ``n_classes``.
+    """
+    from birdnet_tf.models.build import build_model, load_keras_model
+
+    path, skip_output = Path(cfg.train.init_weights), cfg.train.init_skip_output
+    if not path.is_file():
+        raise BirdnetError(f"{path}: train.init_weights file does not exist")
+    target = build_model(cfg, n_classes)
+    mine = {layer.name: layer for layer in target.layers if layer.weights}
+    hint = "set train.init_skip_output=true to fine-tune on new classes"
+    if path.name.endswith(".keras"):
+        register_schedules()
+        source = load_keras_model(path)
+        theirs = {layer.name: layer.get_weights() for layer in source.layers if layer.weights}
+        if "frame_logits" in theirs and not skip_output and "frame_logits" in mine:
+            n_theirs = theirs["frame_logits"][-1].shape[-1]
+            if n_theirs != n_classes:
+                raise BirdnetError(f"{path}: has {n_theirs} classes, this run {n_classes}; {hint}")
+    elif path.name.endswith(".weights.h5"):
+        before = {name: [np.array(w) for w in layer.get_weights()] for name, layer in mine.items()}
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                target.load_weights(str(path), skip_mismatch=True)
+        except Exception as e:  # noqa: BLE001 - any reader error becomes one clear message
+            raise BirdnetError(f"{path}: cannot read weights for a {cfg.model.name} model "
+                               f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+        theirs = {}
+        for name, layer in mine.items():
+            now = layer.get_weights()
+            if any(not np.array_equal(a, b) for a, b in zip(before[name], now)):
+                theirs[name] = now
+        if "frame_logits" not in theirs and not skip_output and len(theirs) > 0:
+            raise BirdnetError(f"{path}: its output layer frame_logits does not fit this run's {n_classes} "
+                               f"classes (a different number of classes); {hint}")
+    else:
+        raise BirdnetError(f"{path}: train.init_weights must be a .keras model or a .weights.h5 file")
+    loaded, skipped = {}, []
+    for name, layer in mine.items():
+        weights = theirs.get(name)
+        if (skip_output and name == "frame_logits") or weights is None or \
+                [tuple(w.shape) for w in layer.weights] != [tuple(np.shape(w)) for w in weights]:
+            skipped.append(name)
+        else:
+            loaded[name] = weights
+    if not loaded:
+        raise BirdnetError(f"{path}: none of its layers matches the {cfg.model.name} model of this config "
+                           "by name and shape; nothing to start from")
+    log(f"init weights from {path}: {len(loaded)} layer(s) loaded, {len(skipped)} skipped"
+        f"{' (' + ', '.join(skipped[:8]) + (' …' if len(skipped) > 8 else '') + ')' if skipped else ''}")
+    return loaded
+
+
+def apply_init_weights(model, weights: dict[str, list[np.ndarray]]) -> None:
+    """Sets the layers of ``model`` named in ``weights`` (from :func:`read_init_weights`)."""
+    for name, values in weights.items():
+        model.get_layer(name).set_weights(values)
 
 
 def _callbacks_module():
@@ -282,6 +493,9 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise BirdnetError(f"{data_dir}: dataset folder does not exist")
     resume = check_run_folder(paths, cfg)
     check_input_length(cfg)
+    init_weights = None
+    if cfg.train.init_weights and not resume and not Path(cfg.train.init_weights).is_file():
+        raise BirdnetError(f"{cfg.train.init_weights}: train.init_weights file does not exist")
     state = json.loads(paths.state.read_text()) if resume and paths.state.exists() else {}
     if resume and (state.get("epoch", 0) >= cfg.train.epochs or state.get("stopped_early")):
         log(f"{paths.root}: training already finished (epoch {state.get('epoch')}, "
@@ -306,7 +520,21 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     else:
         labels = LabelSet.from_catalog(catalog)
         train_df, val_df = split_catalog(catalog, cfg.data.val_fraction, cfg.data.seed, cfg.data.split_by)
+        if cfg.train.init_weights:  # checked before anything is written, applied once the model is built
+            init_weights = read_init_weights(cfg, len(labels), log)
         labels.save(paths.labels)
+        try:  # BirdCLEF class ids (XML / birdnet-tf sort data) travel with the run: labels.csv
+            from birdnet_tf.data.labels import class_ids_from_catalog, write_labels_csv
+
+            class_ids = class_ids_from_catalog(catalog)
+        except BirdnetError as e:
+            class_ids = None
+            log(f"warning: no labels.csv with class ids: {e}")
+        if class_ids:
+            names = {} if "common_name" not in catalog.columns else {
+                label: str(name) for label, name in zip(catalog["primary_label"], catalog["common_name"])
+                if isinstance(name, str) and name.strip()}
+            write_labels_csv(paths.root / "labels.csv", labels, class_ids, names)
         split = pd.concat([train_df, val_df])[["key", "split", "primary_label", "wav_path", "duration_s"]]
         split["secondary_labels"] = [";".join(v) for v in pd.concat([train_df, val_df])["secondary_labels"]]
         if "recordist" in train_df.columns:
@@ -332,11 +560,16 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     initial_epoch = int(state.get("epoch", 0)) if resume else 0
     if resume and paths.last.exists():
+        register_schedules()
         model = load_keras_model(paths.last)
     else:
         initial_epoch, state = 0, {}
         model = build_model(cfg, len(labels))
+        if cfg.train.init_weights:  # a run starts from pretrained weights (never on resume)
+            apply_init_weights(model, init_weights if init_weights is not None else
+                               read_init_weights(cfg, len(labels), log))
         model.compile(optimizer=make_optimizer(cfg, steps), loss=make_loss(cfg))
+    set_noise_bank(model, list(train_df["wav_path"]), cfg, log)
     _trim_history(paths.history, initial_epoch)
 
     FileValidation, RunCheckpoint = _callbacks_module()
@@ -357,6 +590,40 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
         summary["report"] = str(evaluate_run(paths.root, log=log)["report_dir"])
     return summary
+
+
+def set_noise_bank(model, wav_paths: list[str], cfg: Config, log=print, max_chunks: int = 256) -> int:
+    """Gives the baseline's ``noise_chunk`` augmentation its bank: noise-only chunks of the training files.
+
+    The on-the-fly counterpart of extract's ``noise/`` set: chunk spectrograms of (a seeded
+    sample of) the training recordings whose signal/noise score is below
+    ``chunks.signal_threshold``. Returns how many were found (0 when the model has no such
+    augmentation).
+    """
+    if "image_augment" not in {layer.name for layer in model.layers}:
+        return 0
+    layer = model.get_layer("image_augment")
+    if "noise_chunk" not in layer.names:
+        return 0
+    from birdnet_tf.data.audio import load_audio
+    from birdnet_tf.data.spectrograms import chunk_spectrogram, cut_chunks, signal_noise_score_tf
+
+    bank: list[np.ndarray] = []
+    for path in np.random.default_rng(cfg.data.seed).permutation(wav_paths):
+        x, _ = load_audio(path, cfg.chunks.sample_rate_hz)
+        _, chunks = cut_chunks(x, cfg.chunks)
+        if len(chunks) == 0:
+            continue
+        images = chunk_spectrogram(chunks, cfg.chunks).numpy()
+        bank += list(images[signal_noise_score_tf(images).numpy() < cfg.chunks.signal_threshold])
+        if len(bank) >= max_chunks:
+            break
+    if not bank:
+        log("warning: no noise-only chunks in the training files; the noise_chunk augmentation is left out")
+        return 0
+    layer.set_noise_bank(np.stack(bank[:max_chunks]))
+    log(f"noise bank for noise_chunk: {min(len(bank), max_chunks)} noise-only chunks from the training files")
+    return min(len(bank), max_chunks)
 
 
 def _summary(paths: RunPaths, state: dict, t0: float, epochs_run: int) -> dict:
