@@ -232,6 +232,20 @@ class BandCentering(keras.layers.Layer):
 def frontend_layers(cfg: Config) -> list[keras.layers.Layer]:
     """The frontend stack for a config: mel → magnitude scaling → (band centring) → per-band standardisation."""
     fe: FrontendConfig = cfg.frontend
+    if fe.kind == "chunks":
+        from birdnet_tf.errors import ConfigError
+
+        if cfg.audio.sample_rate_hz != cfg.chunks.sample_rate_hz:
+            raise ConfigError(f"frontend.kind=chunks needs audio.sample_rate_hz = chunks.sample_rate_hz "
+                              f"({cfg.audio.sample_rate_hz} != {cfg.chunks.sample_rate_hz})")
+        if abs(cfg.data.excerpt_s - cfg.chunks.chunk_s) > 1e-6:
+            raise ConfigError(f"frontend.kind=chunks needs data.excerpt_s = chunks.chunk_s "
+                              f"({cfg.data.excerpt_s} != {cfg.chunks.chunk_s})")
+        return [ChunkSpectrogram(cfg.chunks, name="chunk_spectrogram")]
+    if fe.kind != "mel":
+        from birdnet_tf.errors import ConfigError
+
+        raise ConfigError(f"frontend.kind must be mel or chunks, not '{fe.kind}'")
     layers = [
         MelSpectrogram(cfg.audio.sample_rate_hz, fe.n_fft, fe.hop_length, fe.n_mels,
                        fe.fmin_hz, fe.fmax_hz, fe.power, name="mel"),

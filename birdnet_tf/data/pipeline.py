@@ -130,10 +130,31 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
         return augment_waveform(x, cfg.augment, training), target
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
+    if training and cfg.data.min_signal_score > 0:
+        ds = ds.filter(signal_filter(cfg))
     ds = ds.batch(cfg.data.batch_size, drop_remainder=False)
     if training:
         ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=False)
     return ds.prefetch(AUTOTUNE)
+
+
+def signal_filter(cfg: Config):
+    """Predicate for ``Dataset.filter``: keeps excerpts whose 2018-baseline signal/noise score
+    (of their chunk spectrogram at ``cfg.chunks`` settings) is at least ``data.min_signal_score``,
+    so on-the-fly training drops noise-only excerpts without the offline extract step."""
+    from birdnet_tf.data.spectrograms import chunk_spectrogram, signal_noise_score_tf
+
+    if cfg.audio.sample_rate_hz != cfg.chunks.sample_rate_hz:
+        from birdnet_tf.errors import ConfigError
+
+        raise ConfigError("data.min_signal_score needs audio.sample_rate_hz = chunks.sample_rate_hz "
+                          f"({cfg.audio.sample_rate_hz} != {cfg.chunks.sample_rate_hz})")
+    threshold = float(cfg.data.min_signal_score)
+
+    def keep(x, target):
+        return signal_noise_score_tf(chunk_spectrogram(x[tf.newaxis], cfg.chunks))[0] >= threshold
+
+    return keep
 
 
 def steps_in_epoch(durations_s: np.ndarray, cfg: Config) -> int:

@@ -102,6 +102,9 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
     files, failures = expand_inputs(inputs)
     for path, reason in failures:
         log(f"skipped: {path}: {reason}")
+    if engine == "whole" and not model.extra.get("whole_recording"):
+        log("note: this export has no whole-recording signatures; scoring windows one by one")
+        engine = "sliding"
     if engine == "whole":
         from birdnet_tf.infer.whole import WholeRecordingModel
 
