@@ -19,6 +19,24 @@ from birdnet_tf.config import AugmentConfig, Config, FrontendConfig
 PACKAGE = "birdnet_tf"
 
 
+def frame_blocks(x, n_fft: int, hop: int, n_frames):
+    """``(batch, samples)`` → ``(batch, n_frames, n_fft)``, frame ``i`` starting at sample ``i · hop``.
+
+    Built from hop-sized blocks: frame ``i`` is blocks ``i … i+k-1`` side by side, the last
+    one cut short. Reshapes, slices and one concat — several times faster on a CPU than
+    ``tf.signal.frame``, which gathers when the hop does not divide the frame length. ``x``
+    is zero-padded when it holds fewer than ``(n_frames - 1) · hop + n_fft`` samples.
+    """
+    k = -(-n_fft // hop)  # blocks per frame
+    rest = n_fft - (k - 1) * hop  # samples used from the last block
+    need = (n_frames - 1 + k) * hop
+    x = tf.pad(x, [[0, 0], [0, tf.maximum(need - tf.shape(x)[1], 0)]])[:, :need]
+    blocks = tf.reshape(x, [tf.shape(x)[0], n_frames - 1 + k, hop])
+    parts = [blocks[:, j:j + n_frames] for j in range(k - 1)]
+    parts.append(blocks[:, k - 1:k - 1 + n_frames, :rest])
+    return tf.concat(parts, axis=-1)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class MelSpectrogram(keras.layers.Layer):
     """Waveform → mel spectrogram (HTK mel scale, triangular filters without area normalisation).
@@ -60,22 +78,8 @@ class MelSpectrogram(keras.layers.Layer):
             upper_edge_hertz=self.fmax_hz, dtype=tf.float32)
 
     def frames(self, x):
-        """``(batch, samples)`` → ``(batch, frames, n_fft)`` overlapping frames (no padding at the end).
-
-        Built from hop-sized blocks: frame ``i`` is blocks ``i … i+k-1`` side by side, the
-        last one cut short. Reshapes, slices and one concat — several times faster on a CPU
-        than ``tf.signal.frame``, which gathers when the hop does not divide the frame length.
-        """
-        hop, n_fft = self.hop_length, self.n_fft
-        k = -(-n_fft // hop)  # blocks per frame
-        rest = n_fft - (k - 1) * hop  # samples used from the last block
-        n_frames = 1 + (tf.shape(x)[1] - n_fft) // hop
-        need = (n_frames - 1 + k) * hop
-        x = tf.pad(x, [[0, 0], [0, tf.maximum(need - tf.shape(x)[1], 0)]])[:, :need]
-        blocks = tf.reshape(x, [tf.shape(x)[0], n_frames - 1 + k, hop])
-        parts = [blocks[:, j:j + n_frames] for j in range(k - 1)]
-        parts.append(blocks[:, k - 1:k - 1 + n_frames, :rest])
-        return tf.concat(parts, axis=-1)
+        """``(batch, samples)`` → ``(batch, frames, n_fft)`` overlapping frames (no padding at the end)."""
+        return frame_blocks(x, self.n_fft, self.hop_length, 1 + (tf.shape(x)[1] - self.n_fft) // self.hop_length)
 
     def hann_in_frequency_domain(self, frames):
         """Real and imaginary parts of the rFFT of Hann-windowed ``frames``, windowed after the FFT.

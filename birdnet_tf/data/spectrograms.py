@@ -359,26 +359,6 @@ def _frequency_matrix(cfg: ChunkConfig) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
-def _frames_tf(x, n_fft: int, hop: int, n_frames: int):
-    """``[batch, samples]`` → ``[batch, n_frames, n_fft]``, frame ``i`` starting at ``i · hop``.
-
-    Built from hop-sized blocks (reshape, slices, one concat) rather than
-    ``tf.signal.frame``, which gathers when the hop does not divide the frame
-    (the trick of :meth:`birdnet_tf.frontend.MelSpectrogram.frames`). ``x`` must
-    hold at least ``(n_frames - 1) · hop + n_fft`` samples.
-    """
-    import tensorflow as tf
-
-    k = -(-n_fft // hop)
-    rest = n_fft - (k - 1) * hop
-    need = (n_frames - 1 + k) * hop
-    x = tf.pad(x, [[0, 0], [0, tf.maximum(need - tf.shape(x)[1], 0)]])[:, :need]
-    blocks = tf.reshape(x, [tf.shape(x)[0], n_frames - 1 + k, hop])
-    parts = [blocks[:, j:j + n_frames] for j in range(k - 1)]
-    parts.append(blocks[:, k - 1:k - 1 + n_frames, :rest])
-    return tf.concat(parts, axis=-1)
-
-
 def chunk_spectrogram(chunks, cfg: ChunkConfig):
     """The baseline spectrogram of a batch of chunks, in TF ops (see the module docstring).
 
@@ -402,7 +382,9 @@ def chunk_spectrogram(chunks, cfg: ChunkConfig):
         x = tf.concat([x[:, :1], x[:, 1:] - float(cfg.preemphasis) * x[:, :-1]], axis=1)
     half = p.n_fft // 2
     x = tf.pad(x, [[0, 0], [half, half]])  # centred frames, zero padding (librosa's pad_mode="constant")
-    frames = _frames_tf(x, p.n_fft, p.hop_length, cfg.width)
+    from birdnet_tf.frontend import frame_blocks
+
+    frames = frame_blocks(x, p.n_fft, p.hop_length, cfg.width)
     window = tf.signal.hann_window(p.n_fft, periodic=True, dtype=tf.float32)
     magnitude = tf.abs(tf.signal.rfft(frames * window, fft_length=[p.n_fft]))
     spec = tf.matmul(magnitude, tf.constant(_frequency_matrix(cfg)))
