@@ -117,6 +117,16 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def failure_reason(e: BaseException, path) -> str:
+    """One line saying why a file of a long job failed (a worker's catch-all; the path is said elsewhere)."""
+    if isinstance(e, BirdnetError):
+        msg, prefix = _one_line(str(e)), f"{path}: "
+        return msg[len(prefix):] if msg.startswith(prefix) else msg
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    return _one_line(f"{type(e).__name__}: {e}")
+
+
 def _convert_one(source: str, output: str, sample_rate_hz: int) -> tuple[float | None, str | None, list[str]]:
     """Decodes ``source`` and writes ``output``; runs in a worker process.
 
@@ -134,15 +144,8 @@ def _convert_one(source: str, output: str, sample_rate_hz: int) -> tuple[float |
             out.parent.mkdir(parents=True, exist_ok=True)
             write_wav16(out, audio, rate)
             result: tuple[float | None, str | None] = (audio.shape[0] / rate, None)
-        except BirdnetError as e:
-            # Messages name the source path; keep only the problem.
-            msg = _one_line(str(e))
-            prefix = f"{source}: "
-            result = (None, msg[len(prefix):] if msg.startswith(prefix) else msg)
-        except MemoryError:
-            result = (None, "out of memory while decoding")
         except Exception as e:  # noqa: BLE001 - one file must never stop the job
-            result = (None, _one_line(f"{type(e).__name__}: {e}"))
+            result = (None, failure_reason(e, source))
     return result[0], result[1], [_one_line(str(w.message)) for w in caught]
 
 

@@ -756,14 +756,10 @@ def _extract_one(job: _Job, out_dir: str, cfg: ChunkConfig, seed: int) -> tuple[
                     "noise_saved": noise, "rows": rows}
             write_json_atomic(out / PARTS_DIR / f"{_key_hash(job.key)}.json", part)
             result: tuple[dict | None, str | None] = (part, None)
-        except BirdnetError as e:
-            msg = _one_line(str(e))
-            prefix = f"{job.path}: "
-            result = (None, msg[len(prefix):] if msg.startswith(prefix) else msg)
-        except MemoryError:
-            result = (None, "out of memory")
         except Exception as e:  # noqa: BLE001 - one file must never stop the job
-            result = (None, _one_line(f"{type(e).__name__}: {e}"))
+            from birdnet_tf.data.prepare import failure_reason
+
+            result = (None, failure_reason(e, job.path))
     return result[0], result[1], [_one_line(str(w.message)) for w in caught]
 
 
