@@ -235,15 +235,22 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model_fil
     path = run / model_file
     if not path.is_file():
         raise BirdnetError(f"{path}: no trained model there (has training finished an epoch?)")
-    cfg, _ = read_config_json(run / "config.json")
+    cfg, run_extra = read_config_json(run / "config.json")
     labels = list(LabelSet.load(run / "labels.txt"))
     state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
     model = load_keras_model(path)
+    trained_on = {}
+    if run_extra.get("input") == "chunks":  # an image model trained on PNG chunks: put ChunkSpectrogram in front
+        from birdnet_tf.models.build import waveform_model
+
+        model = waveform_model(model, cfg)
+        trained_on = {"trained_on": "chunk images (birdnet-tf extract); the export computes them from the waveform"}
     labels_csv = run / "labels.csv" if (run / "labels.csv").is_file() else None
     return export_model(model, cfg, labels, out_dir, force=force, log=log, window_s=window_s, hop_s=hop_s,
                         labels_csv=labels_csv,
                         extra={"source_run": str(run.resolve()), "source_model": model_file,
-                               "best_epoch": state.get("best_epoch"), state.get("monitor", "monitor"): state.get("best")})
+                               "best_epoch": state.get("best_epoch"), state.get("monitor", "monitor"): state.get("best"),
+                               **trained_on})
 
 
 class ExportedModel:

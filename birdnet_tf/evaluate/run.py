@@ -52,6 +52,24 @@ def _split_rows(run_dir: Path, split: str, cfg, extra: dict, log) -> pd.DataFram
     return rows.reset_index(drop=True)
 
 
+def _chunk_split_rows(run_dir: Path, split: str, cfg, extra: dict, log):
+    """The files of ``split`` of a run on PNG chunks and a WindowSet of all their signal chunks.
+
+    Files without a signal chunk are left out (and counted in the log).
+    """
+    from birdnet_tf.data.pipeline import chunk_file_windows, read_chunk_index
+
+    table = pd.read_csv(run_dir / "split.csv", keep_default_na=False, dtype={"key": str, "split": str})
+    rows = table if split == "all" else table[table["split"] == split]
+    if rows.empty:
+        raise BirdnetError(f"{run_dir / 'split.csv'}: no files in split '{split}' (choose val, train or all)")
+    index = read_chunk_index(extra.get("data_dir", ""), cfg)
+    windows, rows = chunk_file_windows(index, rows, cfg, None, log)
+    rows = rows.copy()
+    rows["secondary_labels"] = [[s for s in str(v).split(";") if s] for v in rows["secondary_labels"]]
+    return rows.reset_index(drop=True), windows
+
+
 def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | None = None,
                  model_file: str = "best.keras", out_dir: str | os.PathLike | None = None, log=print) -> dict:
     """Evaluates a run's model on its validation files (or ``train`` / ``all``).
@@ -66,7 +84,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | 
     from birdnet_tf.models.build import load_keras_model
 
     from birdnet_tf.data.labels import LabelSet, background_matrix, primary_indices
-    from birdnet_tf.data.pipeline import evaluation_windows
+    from birdnet_tf.data.pipeline import CHUNK_INPUT, evaluation_windows
     from birdnet_tf.evaluate.metrics import evaluate_scores
     from birdnet_tf.evaluate.report import write_report
 
@@ -80,9 +98,13 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | 
     pooling = pooling or cfg.data.file_pooling
     pool(np.zeros((1, 1)), pooling)  # validates the name before any work
     labels = LabelSet.load(run_dir / "labels.txt")
-    rows = _split_rows(run_dir, split, cfg, extra, log)
-    model = load_keras_model(model_path)
-    windows = evaluation_windows(list(rows["wav_path"]), cfg, max_windows=None)
+    if extra.get("input") == CHUNK_INPUT:  # trained on a birdnet-tf extract folder: score its PNG chunks
+        rows, windows = _chunk_split_rows(run_dir, split, cfg, extra, log)
+        model = load_keras_model(model_path)
+    else:
+        rows = _split_rows(run_dir, split, cfg, extra, log)
+        model = load_keras_model(model_path)
+        windows = evaluation_windows(list(rows["wav_path"]), cfg, max_windows=None)
     scores_w = predict_windows(model, windows)
     primary, background = primary_indices(rows, labels), background_matrix(rows, labels)
 

@@ -10,21 +10,41 @@ from birdnet_tf.models.layers import TemporalPooling
 from birdnet_tf.models.registry import get_backbone
 
 
-def build_model(cfg: Config, n_classes: int, name: str | None = None) -> keras.Model:
+#: What :func:`build_model` starts from: a raw waveform, or the 2018 baseline's chunk images.
+INPUT_KINDS = ("waveform", "image")
+
+
+def build_model(cfg: Config, n_classes: int, name: str | None = None, input_kind: str = "waveform") -> keras.Model:
     """Functional model: ``waveform (batch, samples)`` → ``scores (batch, n_classes)``.
 
     Inside: frontend → SpecAugment (training only) → backbone → per-step logits
     (layer ``frame_logits``, ``(batch, steps, classes)``) → temporal pooling → activation.
     The time axis is dynamic, so the model accepts any length of at least one
     receptive field (see :func:`min_samples`).
+
+    With ``input_kind="image"`` (``frontend.kind=chunks`` only) the model starts at the
+    baseline's 0..1 chunk images ``image (batch, chunks.width, chunks.height)`` — what
+    ``birdnet-tf extract`` saves as PNG — and skips the ``ChunkSpectrogram`` frontend; every
+    layer after it is the same, names included. :func:`waveform_model` puts the frontend
+    back in front of such a model.
     """
     if n_classes < 1:
         raise ValueError("a model needs at least one class")
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, not {input_kind!r}")
     backbone = get_backbone(cfg.model.name)
-    wave = keras.Input(shape=(None,), dtype="float32", name="waveform")
-    x = wave
-    for layer in frontend_layers(cfg):
-        x = layer(x)
+    if input_kind == "image":
+        if cfg.frontend.kind != "chunks":
+            from birdnet_tf.errors import ConfigError
+
+            raise ConfigError(f"a model on chunk images needs frontend.kind=chunks, not '{cfg.frontend.kind}'")
+        wave = keras.Input(shape=(cfg.chunks.width, cfg.chunks.height), dtype="float32", name="image")
+        x = wave
+    else:
+        wave = keras.Input(shape=(None,), dtype="float32", name="waveform")
+        x = wave
+        for layer in frontend_layers(cfg):
+            x = layer(x)
     x = spec_augment_layer(cfg.augment)(x)
     if cfg.augment.image_augs:
         from birdnet_tf.data.image_augment import ImageAugment
@@ -41,6 +61,30 @@ def build_model(cfg: Config, n_classes: int, name: str | None = None) -> keras.M
         raise ConfigError(f"model.output_activation must be sigmoid or softmax, not '{act}'")
     scores = keras.layers.Activation(act, dtype="float32", name="scores")(pooled)
     return keras.Model(wave, scores, name=name or cfg.model.name)
+
+
+def waveform_model(image_model: keras.Model, cfg: Config) -> keras.Model:
+    """The waveform model of an image model (``build_model(..., input_kind="image")``).
+
+    A new functional model ``waveform (batch, samples)`` → ``ChunkSpectrogram(cfg.chunks)``
+    (layer ``chunk_spectrogram``) → the image model's own layers (the same layer objects, so
+    the weights are shared, not copied) → ``scores``: the model that on-the-fly training of
+    the same recipe builds, with the same layer names. It takes 1-s chunks at
+    ``chunks.sample_rate_hz`` (zero-padded or cut to ``chunks.chunk_s``).
+    """
+    from birdnet_tf.frontend import ChunkSpectrogram
+
+    if len(image_model.inputs) != 1 or tuple(image_model.inputs[0].shape[1:]) != (cfg.chunks.width, cfg.chunks.height):
+        from birdnet_tf.errors import BirdnetError
+
+        raise BirdnetError(f"model '{image_model.name}' does not take ({cfg.chunks.width}, {cfg.chunks.height}) "
+                           f"chunk images (its input: {[tuple(t.shape) for t in image_model.inputs]})")
+    wave = keras.Input(shape=(None,), dtype="float32", name="waveform")
+    spec = ChunkSpectrogram(cfg.chunks, name="chunk_spectrogram")(wave)
+    # re-calls the image model's own layers on ``spec`` (what keras.models.clone_model does with an
+    # identity clone_function, whose Functional wrapper would cut the graph at ``spec``): one flat graph
+    scores = image_model._run_through_graph(spec, operation_fn=lambda layer: layer)
+    return keras.Model(wave, scores, name=image_model.name)
 
 
 def min_samples(model: keras.Model, cfg: Config) -> int:

@@ -469,7 +469,11 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     Args:
         cfg: The run's config.
-        data_dir: A dataset folder (raw or prepared; see :mod:`birdnet_tf.data.dataset`).
+        data_dir: A dataset folder (raw or prepared; see :mod:`birdnet_tf.data.dataset`), or a
+            ``birdnet-tf extract`` folder of PNG chunks (``frontend.kind=chunks`` recipes): the model
+            then takes the chunk images (``build_model(..., input_kind="image")``), the examples are
+            the training files' signal chunks within ``chunks.s2n_interval``, and ``config.json``
+            records ``input: chunks``.
         out_dir: The run folder (created; resumed if it holds the same config).
         cache_dir: Where raw audio is prepared (default: a per-dataset cache folder).
         workers: Processes for decoding audio.
@@ -493,6 +497,8 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise BirdnetError(f"{data_dir}: dataset folder does not exist")
     resume = check_run_folder(paths, cfg)
     check_input_length(cfg)
+    # a birdnet-tf extract folder: the baseline's PNG chunks, read as images (checked before anything is written)
+    chunk_index = pipeline.read_chunk_index(data_dir, cfg) if pipeline.is_chunk_folder(data_dir) else None
     init_weights = None
     if cfg.train.init_weights and not resume and not Path(cfg.train.init_weights).is_file():
         raise BirdnetError(f"{cfg.train.init_weights}: train.init_weights file does not exist")
@@ -503,9 +509,11 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         return _summary(paths, state, t0, epochs_run=0)
 
     paths.root.mkdir(parents=True, exist_ok=True)
-    catalog = prepared_catalog(data_dir, cfg.audio.sample_rate_hz, cache_dir, workers=workers,
-                               progress=_is_tty(), log=log)
-    if resume and paths.split.exists() and paths.labels.exists():
+    catalog = None if chunk_index is not None else prepared_catalog(
+        data_dir, cfg.audio.sample_rate_hz, cache_dir, workers=workers, progress=_is_tty(), log=log)
+    if chunk_index is not None:
+        labels, train_df, val_df, init_weights = _setup_chunk_run(cfg, chunk_index, data_dir, paths, resume, log)
+    elif resume and paths.split.exists() and paths.labels.exists():
         labels = LabelSet.load(paths.labels)
         split = pd.read_csv(paths.split)
         side = dict(zip(split["key"], split["split"]))
@@ -547,13 +555,22 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     # seeds initial weights, excerpt positions and augmentation (parallel tf.data and
     # multi-threaded kernels still make runs differ slightly)
     keras.utils.set_random_seed(cfg.data.seed + int(state.get("epoch", 0)))
-    targets = encode_targets(train_df, labels, cfg.data.background_weight)
+    if chunk_index is not None:  # examples = the training files' signal chunks within chunks.s2n_interval
+        train_rows, _ = pipeline.select_chunks(chunk_index[chunk_index["in_s2n_interval"]], list(train_df["key"]))
+        targets = encode_targets(train_rows, labels, cfg.data.background_weight)
+    else:
+        targets = encode_targets(train_df, labels, cfg.data.background_weight)
     if cfg.train.loss == "cce":
         targets = targets / np.maximum(targets.sum(axis=1, keepdims=True), 1e-6)
-    durations = train_df["duration_s"].to_numpy(float)
-    steps = cfg.train.steps_per_epoch or pipeline.steps_in_epoch(durations, cfg)
-    train_ds = pipeline.training_dataset(list(train_df["wav_path"]), targets, durations, cfg, repeat=True)
-    windows = pipeline.evaluation_windows(list(val_df["wav_path"]), cfg)
+    if chunk_index is not None:
+        steps = cfg.train.steps_per_epoch or max(1, math.ceil(len(train_rows) / cfg.data.batch_size))
+        train_ds = pipeline.chunk_training_dataset(list(train_rows["png"]), targets, cfg, repeat=True)
+        windows, val_df = pipeline.chunk_file_windows(chunk_index, val_df, cfg, cfg.data.max_eval_windows, log)
+    else:
+        durations = train_df["duration_s"].to_numpy(float)
+        steps = cfg.train.steps_per_epoch or pipeline.steps_in_epoch(durations, cfg)
+        train_ds = pipeline.training_dataset(list(train_df["wav_path"]), targets, durations, cfg, repeat=True)
+        windows = pipeline.evaluation_windows(list(val_df["wav_path"]), cfg)
     val_primary = primary_indices(val_df, labels)
     val_bg = background_matrix(val_df, labels)
     val_targets = encode_targets(val_df, labels, cfg.data.background_weight)
@@ -564,12 +581,16 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         model = load_keras_model(paths.last)
     else:
         initial_epoch, state = 0, {}
-        model = build_model(cfg, len(labels))
+        model = build_model(cfg, len(labels), input_kind="waveform" if chunk_index is None else "image")
         if cfg.train.init_weights:  # a run starts from pretrained weights (never on resume)
             apply_init_weights(model, init_weights if init_weights is not None else
                                read_init_weights(cfg, len(labels), log))
         model.compile(optimizer=make_optimizer(cfg, steps), loss=make_loss(cfg))
-    set_noise_bank(model, list(train_df["wav_path"]), cfg, log)
+    if chunk_index is not None:  # the extract's noise/ chunks of the training files
+        noise = chunk_index[(chunk_index["kind"] == "noise") & chunk_index["key"].isin(set(train_df["key"]))]
+        set_chunk_noise_bank(model, list(noise["png"]), cfg, log)
+    else:
+        set_noise_bank(model, list(train_df["wav_path"]), cfg, log)
     _trim_history(paths.history, initial_epoch)
 
     FileValidation, RunCheckpoint = _callbacks_module()
@@ -579,7 +600,8 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         keras.callbacks.CSVLogger(str(paths.history), append=True),
         keras.callbacks.TensorBoard(log_dir=str(paths.logs), write_graph=False, profile_batch=0),
     ]
-    log(f"training {cfg.model.name} ({model.count_params():,} parameters, {policy}) on {len(train_df)} files, "
+    on = f"{len(train_rows)} chunks of {len(train_df)} files" if chunk_index is not None else f"{len(train_df)} files"
+    log(f"training {cfg.model.name} ({model.count_params():,} parameters, {policy}) on {on}, "
         f"validating on {len(val_df)} files; {steps} steps/epoch, epochs {initial_epoch + 1}..{cfg.train.epochs}")
     model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
               steps_per_epoch=steps, shuffle=False, callbacks=callbacks, verbose=1 if _is_tty() else 2)
@@ -624,6 +646,119 @@ def set_noise_bank(model, wav_paths: list[str], cfg: Config, log=print, max_chun
     layer.set_noise_bank(np.stack(bank[:max_chunks]))
     log(f"noise bank for noise_chunk: {min(len(bank), max_chunks)} noise-only chunks from the training files")
     return min(len(bank), max_chunks)
+
+
+def set_chunk_noise_bank(model, png_paths: list[str], cfg: Config, log=print, max_chunks: int = 256) -> int:
+    """Gives the ``noise_chunk`` augmentation of an image model its bank: up to ``max_chunks`` noise PNGs.
+
+    The PNGs (extract's ``noise/`` chunks, a seeded sample) are read with
+    :func:`~birdnet_tf.data.spectrograms.read_chunk_png`; unreadable ones are skipped with a
+    warning. Returns how many were set (0 when the model has no such augmentation).
+    """
+    if "image_augment" not in {layer.name for layer in model.layers}:
+        return 0
+    layer = model.get_layer("image_augment")
+    if "noise_chunk" not in layer.names:
+        return 0
+    from birdnet_tf.data.spectrograms import read_chunk_png
+
+    bank, bad = [], 0
+    shape = (cfg.chunks.width, cfg.chunks.height)
+    for path in np.random.default_rng(cfg.data.seed).permutation(np.asarray(png_paths, dtype=str)):
+        try:
+            image = read_chunk_png(path)
+        except BirdnetError:
+            image = None
+        if image is None or image.shape != shape:
+            bad += 1
+            continue
+        bank.append(image)
+        if len(bank) >= max_chunks:
+            break
+    if bad:
+        log(f"warning: {bad} noise chunk PNG(s) unreadable or not {shape[0]}x{shape[1]}; left out of the noise bank")
+    if not bank:
+        log("warning: no noise chunks of the training files in the chunks folder; "
+            "the noise_chunk augmentation is left out")
+        return 0
+    layer.set_noise_bank(np.stack(bank))
+    log(f"noise bank for noise_chunk: {len(bank)} noise chunks (PNGs of the training files)")
+    return len(bank)
+
+
+def _setup_chunk_run(cfg: Config, index, data_dir: Path, paths: RunPaths, resume: bool, log):
+    """Labels and the file-level split of a run on a ``birdnet-tf extract`` folder; writes the run's
+    ``labels.txt``, ``labels.csv`` (when the extract's source has class ids), ``split.csv`` (files with
+    their chunk counts) and ``config.json`` (``input: chunks``) for a new run.
+
+    Returns:
+        ``(labels, train_files, val_files, init_weights)``; the file tables are
+        :func:`~birdnet_tf.data.pipeline.chunk_file_table` rows with ``split`` = train / val.
+    """
+    from birdnet_tf.data import pipeline
+    from birdnet_tf.data.labels import LabelSet
+    from birdnet_tf.data.split import split_catalog
+
+    files = pipeline.chunk_file_table(index)
+    init_weights = None
+    if resume and paths.split.exists() and paths.labels.exists():
+        labels = LabelSet.load(paths.labels)
+        split = pd.read_csv(paths.split, keep_default_na=False, dtype={"key": str, "split": str})
+        side = dict(zip(split["key"], split["split"]))
+        missing = set(side) - set(files["key"])
+        if missing:
+            raise BirdnetError(f"{paths.root}: resuming needs {len(missing)} file(s) of the saved split that "
+                               f"the chunks folder no longer has, e.g. {sorted(missing)[0]}")
+        files = files[files["key"].isin(side)].copy()
+        files["split"] = files["key"].map(side)
+        log(f"resuming {paths.root} after epoch {json.loads(paths.state.read_text()).get('epoch', 0) if paths.state.exists() else 0}")
+        return labels, files[files["split"] == "train"], files[files["split"] == "val"], None
+    labels = LabelSet.from_catalog(files)
+    # extract writes split "all" when its dataset had no split: then split the files here
+    table = files.drop(columns="split") if (files["split"] == "all").all() else files
+    train_df, val_df = split_catalog(table, cfg.data.val_fraction, cfg.data.seed, cfg.data.split_by)
+    n_train = int(train_df["s2n_chunks"].sum())
+    if n_train == 0:
+        lo, hi = cfg.chunks.s2n_interval
+        signal = index[(index["kind"] == "signal") & index["key"].isin(set(train_df["key"]))]
+        seen = f"; theirs range from {signal['s2n'].min()} to {signal['s2n'].max()}" if len(signal) else ""
+        raise BirdnetError(f"{data_dir}: no training chunk has a signal/noise score × 1e4 within "
+                           f"chunks.s2n_interval [{lo:g}, {hi:g}] ({len(signal)} signal chunks of {len(train_df)} "
+                           f"training files{seen}); widen chunks.s2n_interval")
+    if cfg.train.init_weights:
+        init_weights = read_init_weights(cfg, len(labels), log)
+    labels.save(paths.labels)
+    _write_chunk_class_ids(paths, index.attrs.get("extract_config", {}).get("source"), labels, log)
+    both = pd.concat([train_df, val_df])
+    split = both[["key", "split", "primary_label"]].copy()
+    split["secondary_labels"] = [";".join(v) for v in both["secondary_labels"]]
+    for column in ("signal_chunks", "s2n_chunks", "noise_chunks"):
+        split[column] = both[column].to_numpy()
+    split.to_csv(paths.split, index=False)
+    save_config(cfg, paths.config, data_dir=str(data_dir.resolve()), n_classes=len(labels),
+                input=pipeline.CHUNK_INPUT)
+    log(f"chunks: {len(index)} PNGs of {len(files)} files in {data_dir}; {n_train} training chunks within "
+        f"chunks.s2n_interval {list(cfg.chunks.s2n_interval)}")
+    return labels, train_df, val_df, init_weights
+
+
+def _write_chunk_class_ids(paths: RunPaths, source, labels, log) -> None:
+    """``labels.csv`` (BirdCLEF class ids) from the dataset the chunks were extracted from, when it is there."""
+    if not source or not Path(source).is_dir():
+        return
+    try:
+        from birdnet_tf.data.catalog import load_catalog
+        from birdnet_tf.data.labels import class_ids_from_catalog, write_labels_csv
+
+        catalog = load_catalog(source, check_files=False)
+        class_ids = class_ids_from_catalog(catalog)
+        if class_ids and all(label in class_ids for label in labels):
+            names = {} if "common_name" not in catalog.columns else {
+                label: str(name) for label, name in zip(catalog["primary_label"], catalog["common_name"])
+                if isinstance(name, str) and name.strip()}
+            write_labels_csv(paths.root / "labels.csv", labels, {k: class_ids[k] for k in labels}, names)
+    except BirdnetError as e:
+        log(f"warning: no labels.csv with class ids from {source}: {e}")
 
 
 def _summary(paths: RunPaths, state: dict, t0: float, epochs_run: int) -> dict:
