@@ -222,12 +222,14 @@ def check_export(path: str | os.PathLike, cfg: Config, n_classes: int) -> dict[s
     return dict(zip(signals, scores))
 
 
-def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model_file: str = "best.keras",
-               force: bool = False, window_s: float | None = None, hop_s: float | None = None, log=print) -> Path:
-    """Exports a run folder's best model (see :func:`export_model`)."""
-    from birdnet_tf.models.build import load_keras_model
+def load_run(run_dir: str | os.PathLike, model_file: str = "best.keras"):
+    """A run folder's model for inference: ``(waveform → scores keras model, config, labels, run extras)``.
 
+    A model trained on PNG chunks (``input: chunks``) gets ``ChunkSpectrogram`` put in front
+    of it, so every run gives a model that takes a waveform.
+    """
     from birdnet_tf.data.labels import LabelSet
+    from birdnet_tf.models.build import load_keras_model
 
     run = Path(run_dir)
     if not (run / "config.json").is_file():
@@ -235,16 +237,24 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model_fil
     path = run / model_file
     if not path.is_file():
         raise BirdnetError(f"{path}: no trained model there (has training finished an epoch?)")
-    cfg, run_extra = read_config_json(run / "config.json")
+    cfg, extra = read_config_json(run / "config.json")
     labels = list(LabelSet.load(run / "labels.txt"))
-    state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
     model = load_keras_model(path)
-    trained_on = {}
-    if run_extra.get("input") == "chunks":  # an image model trained on PNG chunks: put ChunkSpectrogram in front
+    if extra.get("input") == "chunks":  # an image model trained on PNG chunks: put ChunkSpectrogram in front
         from birdnet_tf.models.build import waveform_model
 
         model = waveform_model(model, cfg)
-        trained_on = {"trained_on": "chunk images (birdnet-tf extract); the export computes them from the waveform"}
+    return model, cfg, labels, extra
+
+
+def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model_file: str = "best.keras",
+               force: bool = False, window_s: float | None = None, hop_s: float | None = None, log=print) -> Path:
+    """Exports a run folder's best model (see :func:`export_model`)."""
+    run = Path(run_dir)
+    model, cfg, labels, run_extra = load_run(run, model_file)
+    state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
+    trained_on = {"trained_on": "chunk images (birdnet-tf extract); the export computes them from the waveform"} \
+        if run_extra.get("input") == "chunks" else {}
     labels_csv = run / "labels.csv" if (run / "labels.csv").is_file() else None
     return export_model(model, cfg, labels, out_dir, force=force, log=log, window_s=window_s, hop_s=hop_s,
                         labels_csv=labels_csv,

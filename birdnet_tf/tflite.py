@@ -73,20 +73,10 @@ _LITERT_NOISE = re.compile(rb"^INFO: Created TensorFlow Lite XNNPACK delegate fo
 
 # ------------------------------------------------------------------ conversion
 def _load_run(run_dir: str | os.PathLike, model_file: str = "best.keras"):
-    """(keras model, config, labels, extra) of a run folder."""
-    from birdnet_tf.config import read_config_json
-    from birdnet_tf.data.labels import LabelSet
-    from birdnet_tf.models.build import load_keras_model
+    """(keras model, config, labels, extra) of a run folder (see :func:`birdnet_tf.export.load_run`)."""
+    from birdnet_tf.export import load_run
 
-    run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise BirdnetError(f"{run}: not a run folder (no config.json)")
-    path = run / model_file
-    if not path.is_file():
-        raise BirdnetError(f"{path}: no trained model there (has training finished an epoch?)")
-    cfg, extra = read_config_json(run / "config.json")
-    labels = list(LabelSet.load(run / "labels.txt"))
-    return load_keras_model(path), cfg, labels, extra
+    return load_run(run_dir, model_file)
 
 
 def quantization_safe_model(model):
