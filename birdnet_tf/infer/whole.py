@@ -197,6 +197,9 @@ def split_model(model):
     import keras
 
     names = {layer.name for layer in model.layers}
+    if "chunk_spectrogram" in names or any(layer.__class__.__name__ == "ChunkSpectrogram" for layer in model.layers):
+        raise BirdnetError("the 2018 baseline's chunk models normalise each chunk's spectrogram on its own, so "
+                           "their windows are scored one by one (no whole-recording pass)")
     missing = {"magnitude", "frame_logits", "temporal_pooling", "scores"} - names
     if missing:
         raise BirdnetError(f"model '{model.name}' lacks the layers {sorted(missing)} that whole-recording "
