@@ -27,7 +27,8 @@ INSTALL_REQUIRES = [
 ]
 EXTRAS = {
     # reference implementations used by tests and benchmarks
-    "dev": ["pytest==9.2.0", "librosa==0.11.0", "scikit-learn==1.9.1", "scipy==1.17.1", "psutil==7.2.2"],
+    "dev": ["pytest==9.2.0", "librosa==0.11.0", "scikit-learn==1.9.1", "scipy==1.17.1", "psutil==7.2.2",
+            "optuna==5.0.0"],  # birdnet-tf ensemble --method optuna (TPE weight search)
 }
 
 setup(

@@ -223,6 +223,32 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    needs_tf = any((Path(s) / "saved_model.pb").is_file() for s in args.sources)
+    if needs_tf:
+        _quiet_tensorflow()
+    from birdnet_tf.infer.ensemble import apply_weights, fit_ensemble
+
+    if args.weights:
+        apply_weights(args.sources, args.weights, args.out, targets=args.targets, audio=args.audio,
+                      split=args.split, force=args.force, log=_log)
+        return 0
+    if args.targets is None:
+        raise BirdnetError("--targets RUN_DIR_OR_DATASET is needed to fit weights (or give --weights FILE)")
+    fit_ensemble(args.sources, args.targets, args.out, method=args.method, trials=args.trials, steps=args.steps,
+                 seed=args.seed, audio=args.audio, split=args.split, force=args.force, log=_log)
+    return 0
+
+
+def cmd_queue(args) -> int:
+    from birdnet_tf.train.queue import format_summary, run_worker
+
+    summary = run_worker(args.jobs_file, args.workdir, gpu=args.gpu, once=args.once, retries=args.retries,
+                         heartbeat_s=args.heartbeat_s, stale_after_s=args.stale_after_s, wait=args.wait, log=_log)
+    _log(format_summary(summary))
+    return 1 if summary["failed"] else 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -404,6 +430,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request body accepted, in MB (default: %(default)g; larger: HTTP 413)")
     p.add_argument("--workers", type=int, default=None, help="inference threads (default: CPU count, at most 4)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("ensemble", help="fit ensemble weights on validation predictions (OFAI: MAP + MAP-bg)",
+                       description="Combines models by a weighted mean of their per-file scores. Weights are fitted "
+                                   "on validation predictions to maximise MAP (MRR of the foreground species) + "
+                                   "MAP-bg; writes OUT/weights.json and OUT/ensemble.csv.")
+    p.add_argument("sources", nargs="+", metavar="PRED_OR_EXPORT",
+                   help="per-model predictions: a predict CSV, a run's eval/scores.csv, a run folder, or an "
+                        "export folder (scored on --audio, default: the target files)")
+    p.add_argument("--targets", default=None, metavar="RUN_DIR_OR_DATASET",
+                   help="species of the files: a run folder (its split.csv) or a dataset folder")
+    p.add_argument("--out", required=True, help="folder for weights.json and ensemble.csv")
+    p.add_argument("--method", default="greedy", choices=["greedy", "optuna", "random"],
+                   help="greedy: add the best model repeatedly, weights = counts (default); optuna: TPE; "
+                        "random: seeded Dirichlet samples + local refinement")
+    p.add_argument("--trials", type=int, default=1000, help="evaluations of optuna/random (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="most additions of greedy (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of optuna/random (default: %(default)s)")
+    p.add_argument("--split", default="val", choices=["val", "train", "all"],
+                   help="split of --targets (default: %(default)s; a dataset without a split column: all)")
+    p.add_argument("--audio", action="append", default=None, metavar="AUDIO_OR_DIR",
+                   help="audio the exports score (repeatable; default: the target files)")
+    p.add_argument("--weights", default=None, metavar="WEIGHTS_JSON",
+                   help="apply saved weights (by position) instead of fitting, e.g. to test predictions")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("queue", help="run a shared list of training jobs (several workers, GPUs, machines)",
+                       description="Takes the next free job of JOBS_FILE (lock files in WORKDIR, safe across "
+                                   "processes and machines sharing WORKDIR) and runs it, until none is left. "
+                                   "Start one worker per GPU (--gpu 0, --gpu 1, ...).")
+    p.add_argument("jobs_file", metavar="JOBS_FILE",
+                   help="one job a line: NAME TRAIN_ARGS... or NAME command: CMD...; or a YAML list of "
+                        "{name, args} / {name, command}")
+    p.add_argument("--workdir", required=True, help="shared folder: WORKDIR/NAME/{lock,done,failed,train.log,run}")
+    p.add_argument("--gpu", default=None, metavar="ID", help="CUDA_VISIBLE_DEVICES of this worker's jobs")
+    p.add_argument("--once", action="store_true", help="run at most one job")
+    p.add_argument("--retries", type=int, default=0, help="runs again of a failed job (default: %(default)s)")
+    p.add_argument("--wait", action="store_true",
+                   help="when the other jobs run elsewhere, keep waiting (and take over crashed ones)")
+    p.add_argument("--heartbeat-s", type=float, default=30.0, help="lock heartbeat interval (default: %(default)s)")
+    p.add_argument("--stale-after-s", type=float, default=300.0,
+                   help="take over a lock whose heartbeat is older (default: %(default)s)")
+    p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("config", parents=[recipe], help="print the resolved config as YAML")
     p.set_defaults(func=cmd_config)

@@ -128,10 +128,22 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | 
     return {**metrics, "report_dir": out}
 
 
+#: (key, label) of the OFAI 2018 metrics line of :func:`format_metrics`.
+OFAI_METRICS: tuple[tuple[str, str], ...] = (
+    ("map", "MAP"), ("map_bg", "MAP-bg"), ("top1", "top-1"), ("top2", "top-2"), ("top3", "top-3"),
+    ("top4", "top-4"), ("top5", "top-5"),
+)
+
+
 def format_metrics(metrics: dict, by_pooling: dict | None = None) -> str:
+    """The metrics as text: the baseline's (MLRAP, cmAP) line, OFAI's (MAP, MAP-bg, top-k) line, then per pooling."""
     keys = ("mlrap", "mlrap_bg", "mrr", "cmap", "top1", "top5")
     lines = [f"{metrics.get('n_files')} files, pooling {metrics.get('pooling')}: "
              + "  ".join(f"{k} {metrics[k]:.3f}" for k in keys if metrics.get(k) is not None)]
+    ofai = [f"{label} {metrics[k]:.3f}" for k, label in OFAI_METRICS if metrics.get(k) is not None]
+    if ofai:
+        lines.append("  OFAI 2018: " + "  ".join(ofai)
+                     + "  (MAP = MRR of the foreground species; MAP-bg = MLRAP with background species)")
     if by_pooling:
         lines.append("  pooling      " + "  ".join(f"{k:>8}" for k in keys))
         for name, m in by_pooling.items():
