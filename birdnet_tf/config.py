@@ -37,9 +37,14 @@ class FrontendConfig:
     n_mels: int = 80
     fmin_hz: float = 150.0
     fmax_hz: float = 10000.0
+    filterbank: str = "mel"  # mel (fixed) | mel_learn (OFAI: trainable triangle positions, starting at the mel bank)
+    filterbank_stretch: float = 0.0  # training only: stretch the bank by a random factor in [1-s, 1+s] per example
     power: float = 2.0  # 1 = magnitude, 2 = power spectrogram
-    magnitude: str = "log"  # compression of the mel energies: log | log1p | none
+    # compression of the mel energies: log | log1p | none, or OFAI's learnable per-band log1p_learn
+    # (log(1 + e^a x)) | pow_learn (x^sigmoid(a), starts at sqrt) | pcen (learnable s, alpha, delta, r)
+    magnitude: str = "log"
     log_offset: float = 1e-6
+    frontend_lr_scale: float = 1.0  # learning-rate multiplier of the frontend's parameters (OFAI: 10)
     center_bands: bool = True  # subtract each band's mean over the excerpt (per recording)
     band_norm: bool = True  # per-band standardisation (batch norm without scale/shift)
 
@@ -91,8 +96,10 @@ class ModelConfig:
     name: str = "ismir2016"
     width: float = 0.5  # multiplier for convolution filters (1.0 = OFAI's 32/64)
     dense_units: int = 128
+    conv_groups: int = 1  # ismir2016: groups of the grouped 3×3 convolutions c2–c5 (1 = ordinary convolutions)
+    preset: str = ""  # ismir2016: "" (width, dense_units as set) | wide (OFAI's large net: width 1, dense_units 1024)
     dropout: float = 0.3
-    temporal_pooling: str = "logmeanexp:1"  # max | mean | logmeanexp:a
+    temporal_pooling: str = "logmeanexp:1"  # max | mean | logmeanexp:a | noisy-or | attention:K (K learned heads)
     output_activation: str = "softmax"  # softmax | sigmoid
     # the 2018 baseline's CNNs (kahl2018_baseline, kahl2018_resnet); ismir2016 ignores these
     filters: tuple[int, ...] = (16, 32, 64, 128)  # per conv group / residual stack (FILTERS)
@@ -120,7 +127,7 @@ class TrainConfig:
     weight_decay: float = 1e-4  # decoupled (AdamW-style) decay, applied by every optimizer; 0 = off
     init_weights: str = ""  # a .keras model or .weights.h5 to start a new run from (not applied on resume)
     init_skip_output: bool = False  # load all but the output layer frame_logits (fine-tune on other classes)
-    loss: str = "cce"  # cce (softmax cross-entropy) | bce
+    loss: str = "cce"  # cce (softmax cross-entropy) | bce | ce_bgtopk:k (bce ignoring the k top-scoring non-targets)
     label_smoothing: float = 0.0
     early_stopping_patience: int = 0  # epochs without val MLRAP improvement; 0 = off
     mixed_precision: bool = True  # used on a GPU only; float32 on CPU

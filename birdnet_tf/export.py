@@ -44,7 +44,8 @@ SIGNATURES = {
     "windows": "waveform float32 [samples] (one recording) -> scores [windows, classes], "
                "start_s, end_s [windows], labels [classes], sample_rate_hz []",
     "front": "waveform float32 [batch, samples] -> frames [batch, frames, bands]",
-    "body": "frames [batch, frames, bands] (band-centred if whole_recording.center) -> logits [batch, steps, classes]",
+    "body": "frames [batch, frames, bands] (band-centred if whole_recording.center) -> logits [batch, steps, classes] "
+            "(attention:K pooling: [batch, steps, classes + K*classes], the attention logits after the class logits)",
 }
 
 
@@ -75,6 +76,7 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
     import tensorflow as tf
 
     from birdnet_tf.infer.whole import probe_geometry, split_model
+    from birdnet_tf.models.layers import attention_pool, noisy_or_logits
 
     front, body, facts = split_model(model)
     fe, sr = cfg.frontend, cfg.audio.sample_rate_hz
@@ -84,6 +86,7 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
     min_len = max(window, geo.field_samples)
     kind, _, param = facts["pooling"].partition(":")
     a = float(param) if param else 1.0
+    heads = int(a) if kind == "attention" else 0
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")])
     def front_fn(waveform):
@@ -117,6 +120,12 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
             pooled = tf.reduce_max(tf.where(valid3, x, -1e30), axis=1)
         elif kind == "mean":
             pooled = tf.reduce_sum(tf.where(valid3, x, 0.0), axis=1) / count
+        elif kind == "noisy-or":
+            pooled = noisy_or_logits(x, axis=1, mask=valid3)
+        elif kind == "attention":  # x packs [classes logits | heads x classes attention logits] per step
+            c = len(labels)
+            att = tf.reshape(x[:, :, c:], tf.stack([tf.shape(x)[0], tf.shape(x)[1], heads, c]))
+            pooled = attention_pool(x[:, :, :c], att, mask=valid)
         else:
             pooled = (tf.reduce_logsumexp(tf.where(valid3, a * x, -1e30), axis=1) - tf.math.log(count)) / a
         scores = tf.nn.softmax(pooled) if facts["activation"] == "softmax" else tf.sigmoid(pooled)

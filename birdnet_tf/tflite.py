@@ -82,8 +82,8 @@ def _load_run(run_dir: str | os.PathLike, model_file: str = "best.keras"):
 def quantization_safe_model(model):
     """``model`` with every :class:`~birdnet_tf.frontend.MelSpectrogram` in its ``quantization_safe`` form.
 
-    All other layers (and so all weights) are shared with ``model``; the spectrogram
-    layers have no weights. Returns ``model`` itself when it has no such layer.
+    All other layers (and so their weights) are shared with ``model``; a learnable
+    filterbank's positions are copied into its clone. Returns ``model`` itself when it has no such layer.
     """
     import keras
 
@@ -94,7 +94,11 @@ def quantization_safe_model(model):
 
     def clone(layer):
         if isinstance(layer, MelSpectrogram):
-            return MelSpectrogram.from_config({**layer.get_config(), "quantization_safe": True})
+            safe = MelSpectrogram.from_config({**layer.get_config(), "quantization_safe": True})
+            if layer.weights:  # a learnable filterbank: the same (trained) filter positions
+                safe.build(None)
+                safe.set_weights(layer.get_weights())
+            return safe
         return layer
 
     return keras.models.clone_model(model, clone_function=clone)

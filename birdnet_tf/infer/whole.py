@@ -106,13 +106,52 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _attention_heads(method: str) -> int:
+    """Heads ``K`` of ``attention:K`` pooling, 0 for the other methods."""
+    kind, _, param = method.partition(":")
+    return int(float(param)) if kind == "attention" and param else (1 if kind == "attention" else 0)
+
+
+def pooled_classes(width: int, method: str) -> int:
+    """Classes in a body output with ``width`` values per step (see :func:`split_model`)."""
+    return width // (1 + _attention_heads(method))
+
+
+def _noisy_or_np(logits: np.ndarray) -> np.ndarray:
+    """:func:`birdnet_tf.models.layers.noisy_or_logits` over axis 1, in float64."""
+    x = logits.astype(np.float64)
+    with np.errstate(divide="ignore", over="ignore"):
+        ls = np.where(x < -15.0, x, np.log(np.logaddexp(0.0, np.maximum(x, -15.0))))
+    m = ls.max(axis=1)
+    lam = m + np.log(np.sum(np.exp(ls - m[:, None]), axis=1))  # log Σ softplus(x_t)
+    a = np.exp(lam)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(a < 1e-3, lam + a / 2 + a * a / 24,
+                        np.where(a < np.log(2.0), np.log(-np.expm1(-a)) + a, np.log1p(-np.exp(-a)) + a))
+
+
 def _pool_steps(logits: np.ndarray, method: str) -> np.ndarray:
-    """``[windows, steps, classes]`` → ``[windows, classes]``, as :class:`TemporalPooling` computes it."""
+    """``[windows, steps, classes]`` → ``[windows, classes]``, as :class:`TemporalPooling` computes it.
+
+    For ``attention:K`` the last axis holds the body's packed output (:func:`split_model`):
+    ``classes`` logits, then ``K × classes`` attention logits; each head's weights are the
+    softmax of its attention logits over the given steps.
+    """
     kind, _, param = method.partition(":")
     if kind == "max":
         return logits.max(axis=1)
     if kind == "mean":
         return logits.mean(axis=1)
+    if kind == "noisy-or":
+        return _noisy_or_np(logits)
+    if kind == "attention":
+        heads = _attention_heads(method)
+        c = pooled_classes(logits.shape[-1], method)
+        x = logits[..., :c].astype(np.float64)
+        att = logits[..., c:].astype(np.float64).reshape(*logits.shape[:2], heads, c)
+        w = np.exp(att - att.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        return np.mean(np.sum(w * x[:, :, None, :], axis=1), axis=1)
     a = float(param) if param else 1.0
     m = logits.max(axis=1, keepdims=True)
     return (np.log(np.mean(np.exp(a * (logits - m)), axis=1)) + a * m[:, 0]) / a
@@ -193,6 +232,12 @@ def split_model(model):
     ``front``: waveform ``[batch, samples]`` → magnitude-scaled mel frames ``[batch, frames, bands]``;
     ``body``: (band-centred) frames → per-step logits ``[batch, steps, classes]``; ``facts``:
     ``center`` (bool), ``pooling`` (the temporal pooling method), ``activation``.
+
+    With ``attention:K`` pooling the body also gives each step's attention logits (a
+    projection of that step's features only), packed after the class logits:
+    ``[batch, steps, classes + K·classes]`` (``[..., classes + k·classes + c]`` is head
+    ``k``'s logit for class ``c``); :func:`_pool_steps` and the export's ``windows``
+    signature unpack it.
     """
     import keras
 
@@ -204,14 +249,50 @@ def split_model(model):
     if missing:
         raise BirdnetError(f"model '{model.name}' lacks the layers {sorted(missing)} that whole-recording "
                            "inference splits it at (not built by birdnet_tf.models.build.build_model?)")
+    magnitude = model.get_layer("magnitude")
+    if not getattr(magnitude, "pointwise_in_time", True):  # PCEN: a recursive smoother over frames
+        raise BirdnetError(f"model '{model.name}' has a magnitude layer ({type(magnitude).__name__}) that is "
+                           "recursive in time, so the recording cannot be cut into segments exactly; "
+                           "windows are scored one by one instead")
     center = "band_centering" in names
-    front_out = model.get_layer("magnitude").output
+    front_out = magnitude.output
     body_in = model.get_layer("band_centering").output if center else front_out
     front = keras.Model(model.input, front_out, name="front")
-    body = keras.Model(body_in, model.get_layer("frame_logits").output, name="body")
-    facts = {"center": center, "pooling": model.get_layer("temporal_pooling").method,
+    pooling = model.get_layer("temporal_pooling")
+    if getattr(pooling, "heads", 0):
+        ins = pooling.input if isinstance(pooling.input, (list, tuple)) else [pooling.input]
+        body_out = _pack_attention(pooling, name="packed_attention")(*ins)
+    else:
+        body_out = model.get_layer("frame_logits").output
+    body = keras.Model(body_in, body_out, name="body")
+    facts = {"center": center, "pooling": pooling.method,
              "activation": model.get_layer("scores").get_config()["activation"]}
     return front, body, facts
+
+
+def _pack_attention_layer():
+    import keras
+    import tensorflow as tf
+
+    class PackAttention(keras.layers.Layer):
+        """Per-step class logits and the pooling layer's attention logits in one tensor (not saved)."""
+
+        def __init__(self, pooling, **kwargs):
+            super().__init__(dtype="float32", **kwargs)
+            self.pooling = pooling
+
+        def call(self, logits, features=None):
+            att = self.pooling.attention_logits(logits, features)  # [batch, steps, heads, classes]
+            shape = tf.shape(att)
+            flat = tf.reshape(att, tf.stack([shape[0], shape[1], shape[2] * shape[3]]))
+            return tf.concat([tf.cast(logits, tf.float32), flat], axis=-1)
+
+    return PackAttention
+
+
+def _pack_attention(pooling, name: str):
+    """A :class:`PackAttention` layer around ``pooling`` (the class is defined on first use: no Keras at import)."""
+    return _pack_attention_layer()(pooling, name=name)
 
 
 def _prefetched(blocks: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarray]:
@@ -376,7 +457,10 @@ class WholeRecordingModel:
             yield _Segment(file, first, n, frames)
 
     def step_logits(self, specs: list[Frames | np.ndarray]) -> list[np.ndarray]:
-        """Per-step logits ``[steps, classes]`` of each (centred) spectrogram, segments batched across files."""
+        """Per-step logits ``[steps, classes]`` of each (centred) spectrogram, segments batched across files.
+
+        (With attention pooling, ``[steps, classes + K·classes]``: the body's packed output, see :func:`split_model`.)
+        """
         g = self.geometry
         specs = [s if isinstance(s, Frames) else Frames([s]) for s in specs]
         segments = [s for i, spec in enumerate(specs) for s in self._segments(i, spec)]  # views, mostly
@@ -405,7 +489,7 @@ class WholeRecordingModel:
         n_steps = len(logits)
         per_window = max(1, g.steps(g.frames(window)))
         first = np.clip(np.round(np.asarray(starts) / g.stride_samples).astype(np.int64), 0, n_steps - 1)
-        scores = np.empty((len(first), logits.shape[1]), np.float32)
+        scores = np.empty((len(first), pooled_classes(logits.shape[1], self.pooling)), np.float32)
         full = first + per_window <= n_steps
         if full.any():
             idx = first[full, None] + np.arange(per_window)[None, :]

@@ -18,7 +18,8 @@ def build_model(cfg: Config, n_classes: int, name: str | None = None, input_kind
     """Functional model: ``waveform (batch, samples)`` → ``scores (batch, n_classes)``.
 
     Inside: frontend → SpecAugment (training only) → backbone → per-step logits
-    (layer ``frame_logits``, ``(batch, steps, classes)``) → temporal pooling → activation.
+    (layer ``frame_logits``, ``(batch, steps, classes)``) → temporal pooling (layer
+    ``temporal_pooling``; ``attention:K`` also takes the backbone's per-step features) → activation.
     The time axis is dynamic, so the model accepts any length of at least one
     receptive field (see :func:`min_samples`).
 
@@ -53,7 +54,9 @@ def build_model(cfg: Config, n_classes: int, name: str | None = None, input_kind
                          seed=cfg.data.seed, name="image_augment")(x)
     feats = backbone(x, cfg)
     logits = keras.layers.Dense(n_classes, name="frame_logits")(feats)
-    pooled = TemporalPooling(cfg.model.temporal_pooling, name="temporal_pooling")(logits)
+    pooling = TemporalPooling(cfg.model.temporal_pooling, name="temporal_pooling")
+    # attention heads weigh the steps by a projection of the backbone's per-step features
+    pooled = pooling(logits, feats) if pooling.heads else pooling(logits)
     act = cfg.model.output_activation
     if act not in ("sigmoid", "softmax"):
         from birdnet_tf.errors import ConfigError
@@ -122,9 +125,11 @@ def load_keras_model(path) -> keras.Model:
     import birdnet_tf.frontend  # noqa: F401 - registers the frontend layers
     import birdnet_tf.models.layers  # noqa: F401 - registers the head layers
     import birdnet_tf.data.image_augment  # noqa: F401 - registers the baseline's augmentation layer
+    from birdnet_tf.train.losses import register_losses
     from birdnet_tf.train.trainer import register_schedules
 
     register_schedules()  # learning-rate schedules a compiled .keras may hold
+    register_losses()  # and losses
     from birdnet_tf.errors import BirdnetError
 
     if not Path(path).is_file():

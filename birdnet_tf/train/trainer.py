@@ -134,7 +134,12 @@ def register_schedules() -> dict[str, type]:
     - ``RootSchedule`` (the 2018 baseline's ``lr_start / sqrt(epoch)`` with 1-based epochs, made
       continuous per step): ``max(min_lr, lr / sqrt(1 + t / steps_per_epoch))`` — exactly the
       baseline's value at the start of each epoch after warm-up.
+
+    Also registers the frontend-learning-rate optimizers (:mod:`birdnet_tf.train.frontend_lr`).
     """
+    from birdnet_tf.train.frontend_lr import lr_scaled_optimizers
+
+    lr_scaled_optimizers()
     if _SCHEDULES:
         return _SCHEDULES
     import keras
@@ -250,6 +255,9 @@ def make_optimizer(cfg: Config, steps_per_epoch: int):
     ``train.weight_decay`` goes to every optimizer's ``weight_decay`` argument: Keras 3 applies
     it decoupled from the gradient (``w -= lr × weight_decay × w`` each step), so ``adam`` with
     weight decay behaves as ``adamw``; set ``train.weight_decay=0`` for the classic Adam / SGD.
+    With ``frontend.frontend_lr_scale != 1`` the same optimizers come from
+    :func:`birdnet_tf.train.frontend_lr.lr_scaled_optimizers`: the frontend layers' updates
+    use ``frontend_lr_scale × learning_rate``.
     """
     import keras
 
@@ -260,23 +268,29 @@ def make_optimizer(cfg: Config, steps_per_epoch: int):
         raise ConfigError(f"train.weight_decay must be >= 0 and 0 <= train.momentum < 1 "
                           f"(got {t.weight_decay}, {t.momentum})")
     lr = make_schedule(cfg, steps_per_epoch)
+    opt = {"AdamW": keras.optimizers.AdamW, "Adam": keras.optimizers.Adam, "SGD": keras.optimizers.SGD}
+    scale, kw = cfg.frontend.frontend_lr_scale, {}
+    if scale != 1.0:  # OFAI's first_params_eta_scale
+        if not scale > 0:
+            raise ConfigError(f"frontend.frontend_lr_scale must be > 0, not {scale}")
+        from birdnet_tf.train.frontend_lr import lr_scaled_optimizers
+
+        scaled = lr_scaled_optimizers()
+        opt, kw = {"AdamW": scaled["adamw"], "Adam": scaled["adam"], "SGD": scaled["sgd"]}, {"lr_scale": scale}
     if t.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=t.weight_decay)
+        return opt["AdamW"](learning_rate=lr, weight_decay=t.weight_decay, **kw)
     decay = t.weight_decay or None
     if t.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=lr, weight_decay=decay)
-    return keras.optimizers.SGD(learning_rate=lr, momentum=t.momentum, nesterov=t.optimizer == "nesterov",
-                                weight_decay=decay)
+        return opt["Adam"](learning_rate=lr, weight_decay=decay, **kw)
+    return opt["SGD"](learning_rate=lr, momentum=t.momentum, nesterov=t.optimizer == "nesterov",
+                      weight_decay=decay, **kw)
 
 
 def make_loss(cfg: Config):
-    import keras
+    """The Keras loss of ``train.loss``: ``cce``, ``bce`` or ``ce_bgtopk:k`` (:mod:`birdnet_tf.train.losses`)."""
+    from birdnet_tf.train.losses import make_loss as _make_loss
 
-    if cfg.train.loss == "bce":
-        return keras.losses.BinaryCrossentropy(label_smoothing=cfg.train.label_smoothing)
-    if cfg.train.loss == "cce":
-        return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
-    raise ConfigError(f"train.loss must be bce or cce, not '{cfg.train.loss}'")
+    return _make_loss(cfg.train.loss, cfg.train.label_smoothing)
 
 
 def read_init_weights(cfg: Config, n_classes: int, log=print) -> dict[str, list[np.ndarray]]:
@@ -438,16 +452,12 @@ def _atomic_save(model, path: Path) -> None:
 def file_metrics(scores: np.ndarray, primary_idx: np.ndarray, background: np.ndarray,
                  targets: np.ndarray, loss: str = "bce") -> dict[str, float]:
     """The validation metrics logged each epoch, from pooled file scores; ``loss`` is the
-    training loss (``bce`` or ``cce``) computed on the file scores, so it compares with ``loss``."""
+    training loss (``train.loss``) computed on the file scores, so it compares with ``loss``."""
     from birdnet_tf.evaluate.metrics import evaluate_scores
+    from birdnet_tf.train.losses import loss_value
 
     m = evaluate_scores(scores, primary_idx, background)
-    p = np.clip(scores, 1e-7, 1 - 1e-7)
-    if loss == "cce":
-        t = targets / np.maximum(targets.sum(axis=1, keepdims=True), 1e-7)
-        value = float(-np.mean(np.sum(t * np.log(p), axis=1)))
-    else:
-        value = float(-np.mean(targets * np.log(p) + (1 - targets) * np.log(1 - p)))
+    value = loss_value(loss, targets, scores)
     keys = ("mlrap", "mlrap_bg", "mrr", "cmap", "top1", "top5")
     return {"loss": value, **{k: float(m[k]) if m[k] is not None else float("nan") for k in keys}}
 
@@ -497,6 +507,7 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise BirdnetError(f"{data_dir}: dataset folder does not exist")
     resume = check_run_folder(paths, cfg)
     check_input_length(cfg)
+    make_loss(cfg)  # an unknown train.loss fails here, before anything is written
     # a birdnet-tf extract folder: the baseline's PNG chunks, read as images (checked before anything is written)
     chunk_index = pipeline.read_chunk_index(data_dir, cfg) if pipeline.is_chunk_folder(data_dir) else None
     init_weights = None

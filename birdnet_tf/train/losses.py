@@ -1,0 +1,166 @@
+"""Training losses (``train.loss``), on the model's scores (after its output activation).
+
+- ``cce``: softmax (categorical) cross-entropy, Keras' ``CategoricalCrossentropy``.
+- ``bce``: binary cross-entropy, Keras' ``BinaryCrossentropy`` (mean over classes).
+- ``ce_bgtopk:k``: binary cross-entropy that ignores, per example, the ``k`` highest-scoring
+  non-target classes — OFAI's guess that they are unlabelled background species. A class is
+  a target when its target value is > 0; of the others, the ``k`` with the highest scores
+  (ties: the lower class index first; fewer when there are fewer non-targets) contribute
+  nothing. The rest are averaged over *all* classes, as ``bce`` does, so ``ce_bgtopk:0``
+  is exactly ``bce``. The choice of ignored classes is not differentiated through.
+
+Background species in the targets: :func:`birdnet_tf.data.labels.encode_targets` gives the
+primary species 1 and each labelled background species that is a class
+``data.background_weight`` (default 0.5; 0 leaves them out). For ``bce`` and
+``ce_bgtopk`` those values are the binary targets (so a background species is a target
+and never ignored by ``ce_bgtopk``); for ``cce`` the trainer divides each row by its sum
+first, so the row is a distribution (``[1, 0.5]`` → ``[2/3, 1/3]``).
+
+With a sigmoid (``bce``, ``ce_bgtopk``) or softmax (``cce``) output, Keras computes the
+cross-entropy from the logits behind the activation, so it stays finite for saturated scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from birdnet_tf.errors import ConfigError
+
+#: Loss names (``ce_bgtopk`` takes ``:k``).
+LOSSES = ("cce", "bce", "ce_bgtopk")
+
+#: Scores are clipped to [EPS, 1 − EPS] where logs of probabilities are taken (Keras' epsilon).
+EPS = 1e-7
+
+
+def parse_loss(name: str) -> tuple[str, int]:
+    """``"ce_bgtopk:2"`` → ``("ce_bgtopk", 2)``; ``"bce"`` → ``("bce", 0)``.
+
+    Raises:
+        ConfigError: Unknown loss or bad ``k`` (names ``train.loss``).
+    """
+    kind, sep, param = str(name).partition(":")
+    if kind not in LOSSES:
+        raise ConfigError(f"train.loss must be cce, bce or ce_bgtopk:k, not '{name}'")
+    if kind != "ce_bgtopk":
+        if sep:
+            raise ConfigError(f"train.loss '{kind}' takes no parameter, got '{name}'")
+        return kind, 0
+    try:
+        k = int(param) if param else 1
+    except ValueError:
+        k = -1
+    if k < 0:
+        raise ConfigError(f"train.loss=ce_bgtopk:k needs a whole number k >= 0, got '{name}'")
+    return kind, k
+
+
+def _register():
+    """Defines and registers (once) :class:`TopKBackgroundBCE`; returns the class."""
+    if "TopKBackgroundBCE" in _CLASSES:
+        return _CLASSES["TopKBackgroundBCE"]
+    import keras
+    import tensorflow as tf
+
+    @keras.saving.register_keras_serializable(package="birdnet_tf")
+    class TopKBackgroundBCE(keras.losses.Loss):
+        """Binary cross-entropy ignoring the ``k`` top-scoring non-targets per example (``ce_bgtopk:k``).
+
+        ``y_true``, ``y_pred``: ``(batch, classes)``, targets in [0, 1] and scores in (0, 1).
+        Returns per example ``Σ_c keep_c · bce_c / classes`` (then Keras' batch reduction).
+        """
+
+        def __init__(self, k: int = 1, label_smoothing: float = 0.0, name: str = "ce_bgtopk", **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.k, self.label_smoothing = int(k), float(label_smoothing)
+
+        def call(self, y_true, y_pred):
+            y_true = tf.cast(y_true, y_pred.dtype)
+            keep = tf.stop_gradient(bgtopk_keep(y_true, y_pred, self.k))
+            t = y_true * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing if self.label_smoothing \
+                else y_true
+            bce = keras.ops.binary_crossentropy(t, y_pred)  # elementwise; from the sigmoid's logits when it has them
+            return tf.reduce_sum(keep * bce, axis=-1) / tf.cast(tf.shape(y_pred)[-1], bce.dtype)
+
+        def get_config(self):
+            return {**super().get_config(), "k": self.k, "label_smoothing": self.label_smoothing}
+
+    _CLASSES["TopKBackgroundBCE"] = TopKBackgroundBCE
+    return TopKBackgroundBCE
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def bgtopk_keep(y_true, y_pred, k: int):
+    """``1.0`` for the classes ``ce_bgtopk:k`` counts, ``0.0`` for the ``k`` it ignores (TF).
+
+    Args:
+        y_true: Targets ``(batch, classes)``; > 0 is a target.
+        y_pred: Scores ``(batch, classes)``.
+        k: Non-targets to ignore per example (the highest-scoring; fewer if there are fewer).
+
+    Returns:
+        ``(batch, classes)`` in ``y_pred``'s dtype.
+    """
+    import tensorflow as tf
+
+    if k <= 0:
+        return tf.ones_like(y_pred)
+    n = tf.shape(y_pred)[-1]
+    neg_inf = tf.fill(tf.shape(y_pred), tf.constant(-np.inf, y_pred.dtype))
+    candidates = tf.where(y_true > 0, neg_inf, y_pred)
+    values, idx = tf.math.top_k(candidates, k=tf.minimum(k, n))  # ties: lower index first
+    chosen = tf.cast(values > -np.inf, y_pred.dtype)  # only real non-targets
+    ignore = tf.reduce_sum(tf.one_hot(idx, n, dtype=y_pred.dtype) * chosen[..., None], axis=-2)
+    return 1.0 - ignore
+
+
+def register_losses() -> None:
+    """Registers the custom losses for loading a compiled ``.keras`` file (idempotent)."""
+    _register()
+
+
+def make_loss(name: str, label_smoothing: float = 0.0):
+    """The Keras loss of ``train.loss`` (see the module docstring).
+
+    Raises:
+        ConfigError: Unknown loss name.
+    """
+    import keras
+
+    kind, k = parse_loss(name)
+    if kind == "bce":
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    if kind == "cce":
+        return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    return _register()(k=k, label_smoothing=label_smoothing)
+
+
+def bgtopk_keep_np(targets: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """numpy :func:`bgtopk_keep` (same ties: the lower class index is ignored first)."""
+    keep = np.ones(scores.shape, np.float64)
+    if k <= 0:
+        return keep
+    candidates = np.where(targets > 0, -np.inf, scores.astype(np.float64))
+    order = np.argsort(-candidates, axis=1, kind="stable")[:, :k]
+    rows = np.arange(len(scores))[:, None]
+    keep[rows, order] = np.where(np.isfinite(candidates[rows, order]), 0.0, 1.0)
+    return keep
+
+
+def loss_value(name: str, targets: np.ndarray, scores: np.ndarray) -> float:
+    """The loss ``name`` of scores against targets, mean over examples (numpy; validation logging).
+
+    ``cce`` normalises each target row to sum 1 (as the trainer does); scores are clipped to
+    ``[EPS, 1 − EPS]``. Args ``targets``, ``scores``: ``(examples, classes)``.
+    """
+    kind, k = parse_loss(name)
+    p = np.clip(scores, EPS, 1 - EPS)
+    if kind == "cce":
+        t = targets / np.maximum(targets.sum(axis=1, keepdims=True), EPS)
+        return float(-np.mean(np.sum(t * np.log(p), axis=1)))
+    bce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+    if kind == "ce_bgtopk":
+        bce = bce * bgtopk_keep_np(targets, scores, k)
+    return float(np.mean(bce))
