@@ -53,7 +53,8 @@ def _split_rows(run_dir: Path, split: str, cfg, extra: dict, log) -> pd.DataFram
 
 
 def _chunk_split_rows(run_dir: Path, split: str, cfg, extra: dict, log):
-    """The files of ``split`` of a run on PNG chunks and a WindowSet of all their signal chunks.
+    """The files of ``split`` of a run on PNG chunks and a WindowSet of their signal chunks (at most
+    ``chunks.max_chunks_per_file`` = MAX_SPECS_PER_FILE per file).
 
     Files without a signal chunk are left out (and counted in the log).
     """
@@ -64,7 +65,7 @@ def _chunk_split_rows(run_dir: Path, split: str, cfg, extra: dict, log):
     if rows.empty:
         raise BirdnetError(f"{run_dir / 'split.csv'}: no files in split '{split}' (choose val, train or all)")
     index = read_chunk_index(extra.get("data_dir", ""), cfg)
-    windows, rows = chunk_file_windows(index, rows, cfg, None, log)
+    windows, rows = chunk_file_windows(index, rows, cfg, cfg.chunks.max_chunks_per_file, log)  # MAX_SPECS_PER_FILE
     rows = rows.copy()
     rows["secondary_labels"] = [[s for s in str(v).split(";") if s] for v in rows["secondary_labels"]]
     return rows.reset_index(drop=True), windows
@@ -104,7 +105,9 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | 
     else:
         rows = _split_rows(run_dir, split, cfg, extra, log)
         model = load_keras_model(model_path)
-        windows = evaluation_windows(list(rows["wav_path"]), cfg, max_windows=None)
+        # every window of each file; the 2018 baseline's models: at most MAX_SPECS_PER_FILE, spread evenly
+        cap = cfg.chunks.max_chunks_per_file if cfg.frontend.kind == "chunks" else None
+        windows = evaluation_windows(list(rows["wav_path"]), cfg, max_windows=cap)
     scores_w = predict_windows(model, windows)
     primary, background = primary_indices(rows, labels), background_matrix(rows, labels)
 
