@@ -87,6 +87,15 @@ class AugmentConfig:
     image_augs: tuple[str, ...] = ()
     image_aug_prob: float = 0.5
     image_aug_max: int = 2  # at most this many per example
+    # OFAI 2018 augmentations (birdnet_tf.data.spec_augment), all off at probability 0
+    mixup_prob: float = 0.0  # per example: mixed with another of its batch (waveforms and targets)
+    mixup_alpha: float = 0.3  # mixing weight ~ Beta(alpha, alpha)
+    stretch_prob: float = 0.0  # random time stretch of the spectrogram, resampled to the same frames
+    stretch_max: float = 0.15  # factor in [1/(1+s), 1+s]
+    freq_shift_prob: float = 0.0  # shift along the band axis, edge bands repeated
+    freq_shift_max_bins: int = 4
+    filter_prob: float = 0.0  # random smooth gain curve across bands, added to the log spectrogram
+    filter_max_db: float = 10.0  # the curve stays within ±filter_max_db
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,8 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
     """Batches of ``(waveform (B, samples), targets (B, classes))`` for ``model.fit``.
 
     One pass = one epoch: every file appears :func:`excerpts_per_file` times, in a new
-    random order each pass, each time with a new random excerpt and augmentation.
+    random order each pass, each time with a new random excerpt and augmentation
+    (waveform augmentations, then mixup within the batch when ``augment.mixup_prob`` > 0).
     """
     reps = excerpts_per_file(durations_s, cfg)
     idx = np.repeat(np.arange(len(paths)), reps)
@@ -127,7 +128,12 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
         return tf.ensure_shape(read_excerpt(path, offset, n_frames, n), (n,)), target
 
     def augment(x, target):  # once per batch, vectorised
-        return augment_waveform(x, cfg.augment, training), target
+        x = augment_waveform(x, cfg.augment, training)
+        if cfg.augment.mixup_prob > 0:  # OFAI mixup: batch-level, on waveforms and targets
+            from birdnet_tf.data.spec_augment import mixup
+
+            x, target = mixup(x, target, cfg.augment.mixup_prob, cfg.augment.mixup_alpha)
+        return x, target
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
     if training and cfg.data.min_signal_score > 0:

@@ -17,9 +17,10 @@ INPUT_KINDS = ("waveform", "image")
 def build_model(cfg: Config, n_classes: int, name: str | None = None, input_kind: str = "waveform") -> keras.Model:
     """Functional model: ``waveform (batch, samples)`` → ``scores (batch, n_classes)``.
 
-    Inside: frontend → SpecAugment (training only) → backbone → per-step logits
-    (layer ``frame_logits``, ``(batch, steps, classes)``) → temporal pooling (layer
-    ``temporal_pooling``; ``attention:K`` also takes the backbone's per-step features) → activation.
+    Inside: frontend → SpecAugment (training only) → SpecTransforms (layer ``spec_transforms``,
+    training only; present only when ``augment.stretch_prob``, ``freq_shift_prob`` or
+    ``filter_prob`` > 0) → backbone → per-step logits (layer ``frame_logits``,
+    ``(batch, steps, classes)``) → temporal pooling (layer ``temporal_pooling``; ``attention:K`` also takes the backbone's per-step features) → activation.
     The time axis is dynamic, so the model accepts any length of at least one
     receptive field (see :func:`min_samples`).
 
@@ -47,6 +48,11 @@ def build_model(cfg: Config, n_classes: int, name: str | None = None, input_kind
         for layer in frontend_layers(cfg):
             x = layer(x)
     x = spec_augment_layer(cfg.augment)(x)
+    from birdnet_tf.data.spec_augment import spec_transforms_layer
+
+    transforms = spec_transforms_layer(cfg.augment)  # None unless an OFAI spectrogram augmentation is on
+    if transforms is not None:
+        x = transforms(x)
     if cfg.augment.image_augs:
         from birdnet_tf.data.image_augment import ImageAugment
 
@@ -125,6 +131,7 @@ def load_keras_model(path) -> keras.Model:
     import birdnet_tf.frontend  # noqa: F401 - registers the frontend layers
     import birdnet_tf.models.layers  # noqa: F401 - registers the head layers
     import birdnet_tf.data.image_augment  # noqa: F401 - registers the baseline's augmentation layer
+    import birdnet_tf.data.spec_augment  # noqa: F401 - registers the OFAI spectrogram augmentation layer
     from birdnet_tf.train.losses import register_losses
     from birdnet_tf.train.trainer import register_schedules
 
