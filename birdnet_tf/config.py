@@ -66,6 +66,11 @@ class DataConfig:
     min_excerpts_per_file: int = 1
     file_pooling: str = "mean"  # pooling of window scores per file in validation
     min_signal_score: float = 0.0  # > 0: drop training excerpts whose baseline signal/noise score is lower
+    # OFAI bucketed excerpts: > excerpt_s makes training excerpts between excerpt_s and this
+    # length; files are sorted into length_buckets buckets by duration and each batch draws from
+    # one bucket, with one excerpt length (its shortest file's, within the bounds); 0 = off
+    excerpt_max_s: float = 0.0
+    length_buckets: int = 10
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,25 @@ class ChunkConfig:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    """OFAI 2018's metadata network: date, time, latitude, longitude and elevation as model input.
+
+    The features are :class:`birdnet_tf.data.metadata.MetadataEncoder`'s (circular date and
+    time codes, standardised location and elevation, a missing indicator per field), fitted on
+    the training files and saved as ``metadata_encoder.json`` in the run folder.
+    """
+
+    use: str = "none"  # none (audio only) | only (metadata MLP alone) | combined (audio logits + a metadata MLP's bias)
+    date_size: int = 12  # circular date encoding: 3 (smooth, season) or 12 (one bump per month)
+    time_size: int = 12  # circular time-of-day encoding: 3 or 12
+    hidden: tuple[int, ...] = (256, 512)  # units of the MLP's hidden layers (OFAI: full:256, full:512)
+    batch_norm: bool = True  # batch normalisation after each hidden layer
+    noise_std: float = 0.1  # training only: Gaussian noise on the known values (never on indicators or missing fields)
+    input_dropout: float = 0.1  # training only: dropout on the input features
+    dropout: float = 0.5  # training only: dropout after each hidden layer
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run: every stage's settings."""
 
@@ -180,6 +204,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     chunks: ChunkConfig = field(default_factory=ChunkConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
 
     # ----------------------------------------------------------------- derived
     @property

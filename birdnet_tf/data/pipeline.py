@@ -43,26 +43,47 @@ def wav_layout(path: str) -> tuple[int, int]:
     return h.data_offset, h.n_frames
 
 
-def read_excerpt(path: tf.Tensor, offset: tf.Tensor, n_frames: tf.Tensor, n: int) -> tf.Tensor:
-    """A uniformly placed ``n``-sample excerpt of a 16-bit mono WAV, decoding only those samples.
+def _read_pcm16(path: bytes, byte_offset: np.int64, start: np.int64, count: np.int64) -> np.ndarray:
+    """``count`` 16-bit samples from ``start`` of a WAV whose samples begin at ``byte_offset``.
 
-    Files shorter than ``n`` are decoded whole and looped from a random point.
+    A seek and one read: only the bytes asked for leave the disk, so long recordings cost no
+    more than short ones and the dataset never needs to fit in memory.
     """
-    data = tf.io.read_file(path)
+    path = path.item() if isinstance(path, np.ndarray) else path  # a 0-d array when run eagerly
+    with open(path.decode("utf-8") if isinstance(path, bytes) else path, "rb") as f:
+        f.seek(int(byte_offset) + 2 * int(start))
+        data = f.read(2 * int(count))
+    return np.frombuffer(data[:len(data) - len(data) % 2], "<i2").astype(np.int16)
+
+
+def read_pcm16(path: tf.Tensor, byte_offset: tf.Tensor, start: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+    """TF op of :func:`_read_pcm16`: int16 ``(count,)`` (shorter only at the end of the file)."""
+    x = tf.numpy_function(_read_pcm16, [path, tf.cast(byte_offset, tf.int64), tf.cast(start, tf.int64),
+                                        tf.cast(count, tf.int64)], tf.int16, stateful=False)
+    return tf.reshape(x, [-1])
+
+
+def read_excerpt(path: tf.Tensor, offset: tf.Tensor, n_frames: tf.Tensor, n) -> tf.Tensor:
+    """A uniformly placed ``n``-sample excerpt of a 16-bit mono WAV, reading only those samples.
+
+    Files shorter than ``n`` are read whole and looped from a random point. ``n`` may be a
+    Python int or a scalar tensor (bucketed excerpts choose it per batch).
+    """
     n_frames = tf.cast(n_frames, tf.int64)
     offset = tf.cast(offset, tf.int64)
+    n64 = tf.cast(n, tf.int64)
 
     def long_file():
-        start = tf.random.uniform((), 0, n_frames - n + 1, dtype=tf.int64)
-        return tf.io.decode_raw(tf.strings.substr(data, offset + 2 * start, 2 * n), tf.int16)
+        start = tf.random.uniform((), 0, n_frames - n64 + 1, dtype=tf.int64)
+        return read_pcm16(path, offset, start, n64)
 
     def short_file():
-        x = tf.io.decode_raw(tf.strings.substr(data, offset, 2 * n_frames), tf.int16)
+        x = read_pcm16(path, offset, tf.constant(0, tf.int64), n_frames)
         x = loop_to_length(x, n)
         start = tf.random.uniform((), 0, tf.maximum(n_frames, 1), dtype=tf.int64)
         return tf.roll(x, -tf.cast(start, tf.int32), axis=0)[:n]
 
-    x = tf.cond(n_frames > n, long_file, short_file)
+    x = tf.cond(n_frames >= n64, long_file, short_file)
     return tf.cast(x, tf.float32) / 32768.0
 
 
@@ -76,7 +97,7 @@ def loop_to_length(x: tf.Tensor, n: int) -> tf.Tensor:
     """Repeats ``x`` until it has at least ``n`` samples (no-op for long inputs)."""
     length = tf.maximum(tf.shape(x)[0], 1)
     x = tf.cond(tf.shape(x)[0] > 0, lambda: x, lambda: tf.zeros((1,), x.dtype))
-    reps = (n + length - 1) // length
+    reps = (tf.cast(n, tf.int32) + length - 1) // length
     return tf.tile(x, [tf.maximum(reps, 1)])
 
 
@@ -106,41 +127,160 @@ def excerpts_per_file(durations_s: np.ndarray, cfg: Config) -> np.ndarray:
     return np.clip(n, d.min_excerpts_per_file, max(d.min_excerpts_per_file, d.max_excerpts_per_file))
 
 
+def bucketed(cfg: Config) -> bool:
+    """True when ``cfg`` asks for OFAI's bucketed variable-length excerpts (``data.excerpt_max_s`` > ``excerpt_s``)."""
+    return cfg.data.excerpt_max_s > cfg.data.excerpt_s
+
+
+def length_buckets(durations_s: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """OFAI's length buckets: which bucket each file is in, and each bucket's excerpt length.
+
+    Files are sorted by duration and cut into ``data.length_buckets`` groups holding about
+    the same number of excerpts (:func:`excerpts_per_file`). A bucket's excerpts all have one
+    length: its shortest file's duration, bounded to [``data.excerpt_s``, ``data.excerpt_max_s``]
+    and rounded down to whole frames (``frontend.hop_length``), so long files are cropped to a
+    random part and only files shorter than ``excerpt_s`` are looped.
+
+    Returns:
+        ``(bucket_of_file int64 [files], length_samples int64 [buckets])``; buckets are ordered
+        by length and every bucket has at least one file.
+
+    Raises:
+        ConfigError: ``data.length_buckets`` < 1 or ``excerpt_max_s`` not above ``excerpt_s``.
+    """
+    from birdnet_tf.errors import ConfigError
+
+    d, sr = cfg.data, cfg.audio.sample_rate_hz
+    if d.length_buckets < 1:
+        raise ConfigError(f"data.length_buckets must be >= 1, not {d.length_buckets}")
+    if not bucketed(cfg):
+        raise ConfigError(f"bucketed excerpts need data.excerpt_max_s > data.excerpt_s "
+                          f"({d.excerpt_max_s} <= {d.excerpt_s})")
+    durations_s = np.asarray(durations_s, float)
+    reps = excerpts_per_file(durations_s, cfg)
+    order = np.argsort(durations_s, kind="stable")
+    cum = np.cumsum(reps[order]) - reps[order]  # excerpts before each file in length order
+    n_buckets = max(1, min(d.length_buckets, len(order)))
+    raw = np.minimum((cum * n_buckets) // max(1, int(reps.sum())), n_buckets - 1)
+    _, dense = np.unique(raw, return_inverse=True)  # drop empty buckets, keep the order
+    bucket = np.empty(len(order), np.int64)
+    bucket[order] = dense
+    lengths = []
+    hop = max(1, cfg.frontend.hop_length)
+    lo, hi = int(round(d.excerpt_s * sr)), int(round(d.excerpt_max_s * sr))
+    for b in range(int(dense.max()) + 1 if len(dense) else 0):
+        shortest = int(durations_s[bucket == b].min() * sr)
+        n = min(max(shortest, lo), hi)
+        lengths.append(max(lo, lo + (n - lo) // hop * hop))
+    return bucket, np.asarray(lengths, np.int64)
+
+
+def _bucket_batches(file_of_draw: np.ndarray, bucket_of_file: np.ndarray, batch: int,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch's batches of bucketed excerpts: each a list of draws (file indices) of one bucket,
+    in random order; a bucket's last batch is filled up with other draws of that bucket so every
+    batch is full (a bucket with fewer draws than a batch makes one smaller batch)."""
+    batches = []
+    buckets = bucket_of_file[file_of_draw]
+    for b in np.unique(buckets):
+        draws = rng.permutation(file_of_draw[buckets == b])
+        for i in range(0, len(draws), batch):
+            chunk = draws[i:i + batch]
+            if len(chunk) < batch and len(draws) >= batch:
+                chunk = np.concatenate([chunk, rng.choice(draws[:i], batch - len(chunk), replace=False)])
+            batches.append(chunk)
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndarray, cfg: Config,
-                     training: bool = True, repeat: bool = False) -> tf.data.Dataset:
+                     training: bool = True, repeat: bool = False, metadata: np.ndarray | None = None) -> tf.data.Dataset:
     """Batches of ``(waveform (B, samples), targets (B, classes))`` for ``model.fit``.
 
     One pass = one epoch: every file appears :func:`excerpts_per_file` times, in a new
     random order each pass, each time with a new random excerpt and augmentation
     (waveform augmentations, then mixup within the batch when ``augment.mixup_prob`` > 0).
+    Excerpts are read from disk with one seek and read each (:func:`read_pcm16`), so only
+    the samples used are ever read.
+
+    With ``data.excerpt_max_s`` > ``data.excerpt_s`` (OFAI's bucketed excerpts, see
+    :func:`length_buckets`) each batch's excerpts share one length between the two, chosen
+    by the bucket its files come from; ``samples`` then varies from batch to batch.
+
+    Args:
+        metadata: Optional float32 ``[files, F]`` features, one row per path: the batches
+            become ``({"waveform": (B, samples), "metadata": (B, F)}, targets)``, each excerpt
+            with its file's row (mixup mixes the rows with the waveforms).
     """
     reps = excerpts_per_file(durations_s, cfg)
     idx = np.repeat(np.arange(len(paths)), reps)
-    n = cfg.excerpt_samples
     layout = np.array([wav_layout(p) for p in paths], np.int64).reshape(-1, 2)
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths)[idx], layout[idx, 0], layout[idx, 1],
-                                             np.asarray(targets, np.float32)[idx]))
-    ds = ds.shuffle(len(idx), seed=cfg.data.seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+    targets = np.asarray(targets, np.float32)
+    meta = None if metadata is None else np.asarray(metadata, np.float32).reshape(len(paths), -1)
+    batch = cfg.data.batch_size
+    columns = (np.asarray(paths, dtype=str), layout[:, 0], layout[:, 1], targets) + ((meta,) if meta is not None else ())
 
-    def load(path, offset, n_frames, target):
-        return tf.ensure_shape(read_excerpt(path, offset, n_frames, n), (n,)), target
+    if bucketed(cfg):
+        bucket_of_file, lengths = length_buckets(durations_s, cfg)
+        rng = np.random.default_rng(cfg.data.seed)
 
-    def augment(x, target):  # once per batch, vectorised
+        def plan():
+            while True:  # one epoch per pass; a new order, new batches and fill-ups every epoch
+                for chunk in _bucket_batches(idx, bucket_of_file, batch, rng):
+                    for f in chunk:
+                        yield np.int64(f)
+                if not repeat:
+                    return
+
+        ds = tf.data.Dataset.from_generator(plan, output_signature=tf.TensorSpec((), tf.int64))
+        table = tuple(tf.constant(c) for c in columns)
+        bucket_t, lengths_t = tf.constant(bucket_of_file), tf.constant(lengths)
+
+        def load(f):
+            path, offset, n_frames, target = (tf.gather(t, f) for t in table[:4])
+            b = tf.gather(bucket_t, f)
+            n = tf.gather(lengths_t, b)
+            x = read_excerpt(path, offset, n_frames, n)
+            return (b, x, target) + ((tf.gather(table[4], f),) if meta is not None else ())
+
+        # the plan's batches arrive whole and in order (deterministic map); grouping by bucket
+        # re-forms them, and still keeps lengths apart if the signal filter drops excerpts
+        ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if training and cfg.data.min_signal_score > 0:
+            keep = signal_filter(cfg)
+            ds = ds.filter(lambda b, x, target, *m: keep(x, target))
+        ds = ds.group_by_window(key_func=lambda b, *rest: b, window_size=batch,
+                                reduce_func=lambda key, window: window.batch(batch))
+        ds = ds.map(lambda b, x, target, *m: (x, target, *m))
+    else:
+        n = cfg.excerpt_samples
+        ds = tf.data.Dataset.from_tensor_slices(tuple(c[idx] for c in columns))
+        ds = ds.shuffle(len(idx), seed=cfg.data.seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+
+        def load(path, offset, n_frames, target, *m):
+            return (tf.ensure_shape(read_excerpt(path, offset, n_frames, n), (n,)), target, *m)
+
+        ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
+        if training and cfg.data.min_signal_score > 0:
+            keep = signal_filter(cfg)
+            ds = ds.filter(lambda x, target, *m: keep(x, target))
+        ds = ds.batch(batch, drop_remainder=False)
+
+    def augment(x, target, *m):  # once per batch, vectorised
         x = augment_waveform(x, cfg.augment, training)
-        if cfg.augment.mixup_prob > 0:  # OFAI mixup: batch-level, on waveforms and targets
-            from birdnet_tf.data.spec_augment import mixup
+        if cfg.augment.mixup_prob > 0:  # OFAI mixup: batch-level, on waveforms and targets (and metadata)
+            from birdnet_tf.data.spec_augment import draw_mixup
 
-            x, target = mixup(x, target, cfg.augment.mixup_prob, cfg.augment.mixup_alpha)
-        return x, target
+            perm, w = draw_mixup(tf.shape(x)[0], cfg.augment.mixup_prob, cfg.augment.mixup_alpha)
+            mix = lambda v: w[:, None] * v + (1.0 - w[:, None]) * tf.gather(v, perm)  # noqa: E731
+            x, target, m = mix(x), mix(target), tuple(mix(v) for v in m)
+        return (x, target, *m)
 
-    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
-    if training and cfg.data.min_signal_score > 0:
-        ds = ds.filter(signal_filter(cfg))
-    ds = ds.batch(cfg.data.batch_size, drop_remainder=False)
     if training:
         ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=False)
+    if meta is not None:
+        ds = ds.map(lambda x, target, m: ({"waveform": x, "metadata": m}, target))
     return ds.prefetch(AUTOTUNE)
 
 
@@ -164,7 +304,14 @@ def signal_filter(cfg: Config):
 
 
 def steps_in_epoch(durations_s: np.ndarray, cfg: Config) -> int:
-    return max(1, math.ceil(int(excerpts_per_file(durations_s, cfg).sum()) / cfg.data.batch_size))
+    """Batches in one epoch of :func:`training_dataset` (bucketed: each bucket's draws batched apart)."""
+    reps = excerpts_per_file(durations_s, cfg)
+    batch = cfg.data.batch_size
+    if bucketed(cfg) and len(reps):
+        bucket, _ = length_buckets(durations_s, cfg)
+        per_bucket = np.bincount(bucket, weights=reps)
+        return max(1, int(sum(math.ceil(n / batch) for n in per_bucket if n > 0)))
+    return max(1, math.ceil(int(reps.sum()) / batch))
 
 
 @dataclass
@@ -179,13 +326,15 @@ class WindowSet:
 
 def evaluation_windows(paths: list[str], cfg: Config, window_s: float | None = None,
                        hop_s: float | None = None, max_windows: int | None = -1,
-                       batch_size: int | None = None) -> WindowSet:
+                       batch_size: int | None = None, metadata: np.ndarray | None = None) -> WindowSet:
     """Deterministic windows over prepared WAV files, each file decoded once.
 
     Args:
         paths: Prepared 16-bit WAV files at the model's rate.
         window_s, hop_s: Window length and hop (default: the config's excerpt and eval hop).
         max_windows: Cap per file (default -1: the config's ``max_eval_windows``; None: no cap).
+        metadata: Optional float32 ``[files, F]``, one row per path: batches become
+            ``{"waveform": (B, samples), "metadata": (B, F)}``, each window with its file's row.
     """
     sr = cfg.audio.sample_rate_hz
     window = int(round((window_s or cfg.data.excerpt_s) * sr))
@@ -196,12 +345,16 @@ def evaluation_windows(paths: list[str], cfg: Config, window_s: float | None = N
     counts = np.array([len(s) for s in starts], np.int64)
     flat = np.concatenate(starts) if starts else np.zeros(0, np.int64)
     ragged = tf.RaggedTensor.from_row_lengths(flat, counts)
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str), ragged))
+    meta = None if metadata is None else np.asarray(metadata, np.float32).reshape(len(paths), -1)
+    columns = (np.asarray(paths, dtype=str), ragged) + ((meta,) if meta is not None else ())
+    ds = tf.data.Dataset.from_tensor_slices(columns)
 
-    def cut(path, file_starts):
+    def cut(path, file_starts, *m):
         x = loop_to_length(decode_wav(path), window)
         x = tf.pad(x, [[0, tf.maximum(0, tf.cast(tf.reduce_max(file_starts), tf.int32) + window - tf.shape(x)[0])]])
         idx = tf.cast(file_starts, tf.int32)[:, None] + tf.range(window)[None, :]
+        if m:  # the file's metadata row, once per window
+            return {"waveform": tf.gather(x, idx), "metadata": tf.tile(m[0][None], [tf.shape(idx)[0], 1])}
         return tf.gather(x, idx)
 
     batch = batch_size or cfg.data.batch_size
