@@ -163,7 +163,7 @@ def cmd_predict(args) -> int:
         raise BirdnetError("no audio inputs given")
     table, failures = predict(args.model, inputs, window_s=args.window_s, hop_s=args.hop_s,
                               pooling=args.pooling, batch_size=args.batch_size, engine=args.engine,
-                              progress=not args.no_progress, log=_log, model=remote)
+                              progress=not args.no_progress, log=_log, model=remote, metadata=args.metadata)
     labels = list(table.columns[3:])
     class_ids = _class_ids(args, labels)
     written = write_output(table, labels, args.out, args.format, min_score=args.min_score,
@@ -382,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --server (default: grpc for grpc:// URLs, else rest)")
     p.add_argument("--labels", default=None, help="with --server: labels.txt (default: asked from the server)")
     p.add_argument("--sample-rate", type=int, default=None, help="with --server: the model's rate in Hz")
+    p.add_argument("--metadata", default=None, metavar="CSV",
+                   help="for models trained with metadata (metadata.use only/combined): a CSV with a file (or "
+                        "filename) column matched to the audio by path, name or stem, and any of date, time, "
+                        "latitude, longitude, elevation; files without a row count as unknown")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_predict)
 

@@ -34,14 +34,14 @@ def score_windows(model, windows, n_files: int, method: str) -> np.ndarray:
     return pool_by_file(predict_windows(model, windows), windows.file_index, n_files, method)
 
 
-def _split_rows(run_dir: Path, split: str, cfg, extra: dict, log) -> pd.DataFrame:
+def _split_rows(run_dir: Path, split: str, cfg, extra: dict, log, need_audio: bool = True) -> pd.DataFrame:
     from birdnet_tf.data.dataset import prepared_catalog
 
     table = pd.read_csv(run_dir / "split.csv", keep_default_na=False)
     rows = table if split == "all" else table[table["split"] == split]
     if rows.empty:
         raise BirdnetError(f"{run_dir / 'split.csv'}: no files in split '{split}' (choose val, train or all)")
-    if not all(Path(p).is_file() for p in rows["wav_path"]):
+    if need_audio and not all(Path(p).is_file() for p in rows["wav_path"]):
         # the prepared cache was removed or the run moved: prepare the data folder again
         catalog = prepared_catalog(extra.get("data_dir", ""), cfg.audio.sample_rate_hz, log=log)
         where = dict(zip(catalog["key"], catalog["wav_path"]))
@@ -50,6 +50,34 @@ def _split_rows(run_dir: Path, split: str, cfg, extra: dict, log) -> pd.DataFram
     rows = rows.copy()
     rows["secondary_labels"] = [[s for s in str(v).split(";") if s] for v in rows["secondary_labels"]]
     return rows.reset_index(drop=True)
+
+
+def run_metadata_features(run_dir: Path, rows: pd.DataFrame, extra: dict, log=print) -> np.ndarray:
+    """Metadata features of ``rows`` (``split.csv`` rows) with the run's saved encoder: float32 ``[rows, F]``.
+
+    The raw date, time, latitude, longitude and elevation come from ``split.csv`` (written there
+    by training); a ``split.csv`` without them is completed from the run's dataset
+    (``extra["data_dir"]``), matched by ``key``.
+
+    Raises:
+        BirdnetError: The run has no ``metadata_encoder.json``.
+    """
+    from birdnet_tf.data.metadata import FIELDS, METADATA_ENCODER_FILENAME, MetadataEncoder
+
+    path = run_dir / METADATA_ENCODER_FILENAME
+    if not path.is_file():
+        raise BirdnetError(f"{path}: missing; this metadata run cannot be evaluated without its encoder")
+    encoder = MetadataEncoder.load(path)
+    if not all(column in rows.columns for column in FIELDS):
+        from birdnet_tf.data.catalog import load_catalog
+
+        catalog = load_catalog(extra.get("data_dir", ""), check_files=False).set_index("key")
+        rows = rows.copy()
+        for column in FIELDS:
+            if column not in rows.columns:
+                rows[column] = rows["key"].map(catalog[column]) if column in catalog.columns else pd.NA
+        log(f"metadata of the files read from {extra.get('data_dir')} (split.csv has none)")
+    return encoder.transform(rows)
 
 
 def _chunk_split_rows(run_dir: Path, split: str, cfg, extra: dict, log):
@@ -102,12 +130,19 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | 
     if extra.get("input") == CHUNK_INPUT:  # trained on a birdnet-tf extract folder: score its PNG chunks
         rows, windows = _chunk_split_rows(run_dir, split, cfg, extra, log)
         model = load_keras_model(model_path)
+    elif cfg.metadata.use == "only":  # the metadata MLP: one "window" per file, its metadata row
+        from birdnet_tf.models.metadata import metadata_windows
+
+        rows = _split_rows(run_dir, split, cfg, extra, log, need_audio=False)
+        model = load_keras_model(model_path)
+        windows = metadata_windows(run_metadata_features(run_dir, rows, extra, log), cfg)
     else:
         rows = _split_rows(run_dir, split, cfg, extra, log)
         model = load_keras_model(model_path)
         # every window of each file; the 2018 baseline's models: at most MAX_SPECS_PER_FILE, spread evenly
         cap = cfg.chunks.max_chunks_per_file if cfg.frontend.kind == "chunks" else None
-        windows = evaluation_windows(list(rows["wav_path"]), cfg, max_windows=cap)
+        meta = run_metadata_features(run_dir, rows, extra, log) if cfg.metadata.use == "combined" else None
+        windows = evaluation_windows(list(rows["wav_path"]), cfg, max_windows=cap, metadata=meta)
     scores_w = predict_windows(model, windows)
     primary, background = primary_indices(rows, labels), background_matrix(rows, labels)
 

@@ -10,6 +10,13 @@ each streamed recording and pools its per-step logits per window
 (:mod:`birdnet_tf.infer.whole`); ``sliding`` scores each window on its own through the
 export's ``serving_default`` (the last partial window looped to full length), which is
 also how a remote TF Serving model is used.
+
+An export with metadata input (``metadata.use`` only / combined) also takes each file's
+date, time and place: ``metadata`` is a CSV (:func:`read_metadata_csv`) whose rows are
+matched to the audio files by path, name or stem (:func:`match_metadata`) and encoded with
+the export's encoder. A combined model's metadata network adds one bias per recording to
+the pooled logits of every window (both engines); a metadata-only export reads no audio
+but still scores each window (the same scores for every window of a file).
 """
 
 from __future__ import annotations
@@ -57,15 +64,133 @@ def _cut(x: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
-def score_recording(model, x: np.ndarray, window: int, starts: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Scores ``[len(starts), classes]`` of windows of one recording, in batches."""
-    parts = [model(_cut(x, starts[i:i + batch_size], window)) for i in range(0, len(starts), batch_size)]
+def score_recording(model, x: np.ndarray, window: int, starts: np.ndarray, batch_size: int = 32,
+                    metadata: np.ndarray | None = None) -> np.ndarray:
+    """Scores ``[len(starts), classes]`` of windows of one recording, in batches.
+
+    ``metadata`` (float32 ``[F]``, the recording's encoded metadata) goes with every window
+    to a model with metadata input.
+    """
+    def call(batch: np.ndarray) -> np.ndarray:
+        if metadata is None:
+            return model(batch)
+        return model(batch, np.repeat(np.asarray(metadata, np.float32)[None], len(batch), axis=0))
+
+    parts = [call(_cut(x, starts[i:i + batch_size], window)) for i in range(0, len(starts), batch_size)]
     return np.concatenate(parts, axis=0)
+
+
+#: Column names (any case) that name the audio file in a ``--metadata`` CSV, in order of preference.
+METADATA_FILE_COLUMNS = ("file", "filename")
+
+
+def read_metadata_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Reads a ``--metadata`` CSV: one row per recording, a ``file`` (or ``filename``) column and
+    any of ``date``, ``time``, ``latitude``, ``longitude``, ``elevation`` (column names in any case).
+
+    Values stay the raw strings (parsed by :mod:`birdnet_tf.data.metadata`: ``?`` or an empty
+    cell is missing, ``7.30 am`` and ``ca. 500 m`` are understood); other columns are ignored.
+
+    Returns:
+        Columns ``file`` (stripped) and those of the five fields the CSV has.
+
+    Raises:
+        BirdnetError: The file is missing or unreadable, or has no file column.
+    """
+    from birdnet_tf.data.metadata import FIELDS
+
+    p = Path(path)
+    if not p.is_file():
+        raise BirdnetError(f"{p}: metadata file does not exist")
+    try:
+        table = pd.read_csv(p, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise BirdnetError(f"{p}: unreadable metadata CSV ({' '.join(str(e).split())[:200]})") from None
+    columns = {str(c).strip().lower(): c for c in table.columns}
+    key = next((columns[c] for c in METADATA_FILE_COLUMNS if c in columns), None)
+    if key is None:
+        raise BirdnetError(f"{p}: needs a 'file' (or 'filename') column naming the audio files; its columns are "
+                           f"{', '.join(map(str, table.columns)) or 'none'}")
+    out = pd.DataFrame({"file": table[key].astype(str).str.strip()})
+    for field in FIELDS:
+        if field in columns:
+            out[field] = table[columns[field]].to_numpy()
+    return out
+
+
+def match_metadata(files: list[str], table: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The metadata row of each audio file: by its path (as given, or absolute), else its file
+    name, else its name without extension; a name or stem that several rows share matches none.
+
+    Args:
+        files: Audio file paths, as predict scores them.
+        table: :func:`read_metadata_csv`'s table.
+
+    Returns:
+        ``(rows, matched)``: one row per file with the table's field columns (``pd.NA`` where
+        unmatched), and a bool ``[files]`` array of which files had a row.
+    """
+    from collections import Counter
+
+    def name_of(v: str) -> str:
+        return v.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+    def stem_of(v: str) -> str:
+        name = name_of(v)
+        return name.rsplit(".", 1)[0] if "." in name.strip(".") else name
+
+    values = [str(v) for v in table["file"]]
+    by_path: dict[str, int] = {}
+    for i, v in enumerate(values):
+        if v:
+            by_path.setdefault(os.path.normpath(v), i)
+            by_path.setdefault(os.path.abspath(v), i)
+    names, stems = Counter(name_of(v) for v in values if v), Counter(stem_of(v) for v in values if v)
+    by_name = {name_of(v): i for i, v in enumerate(values) if v and names[name_of(v)] == 1}
+    by_stem = {stem_of(v): i for i, v in enumerate(values) if v and stems[stem_of(v)] == 1}
+    index = []
+    for f in files:
+        i = by_path.get(os.path.normpath(f), by_path.get(os.path.abspath(f)))
+        if i is None:
+            i = by_name.get(Path(f).name, by_stem.get(Path(f).stem))
+        index.append(-1 if i is None else i)
+    index = np.asarray(index, np.int64)
+    fields = [c for c in table.columns if c != "file"]
+    rows = pd.DataFrame({c: [table[c].iloc[i] if i >= 0 else pd.NA for i in index] for c in fields},
+                        index=range(len(files)))
+    return rows, index >= 0
+
+
+def file_metadata(model, files: list[str], metadata, log) -> np.ndarray | None:
+    """Encoded metadata ``[files, F]`` for a model with metadata input (None for one without).
+
+    ``metadata``: a ``--metadata`` CSV path, a :func:`read_metadata_csv` table, or None. Files
+    without a row get all-missing features; one warning gives their count.
+    """
+    encoder = getattr(model, "metadata_encoder", None)
+    if encoder is None:
+        if metadata is not None:
+            log("warning: this model takes no metadata; --metadata is ignored")
+        return None
+    if metadata is None:
+        table, matched = pd.DataFrame(index=range(len(files))), np.zeros(len(files), bool)
+        log(f"warning: this model uses recording metadata and no --metadata was given: all {len(files)} file(s) "
+            "are scored with date, time and place unknown"
+            + (" (a metadata-only model then gives every file the same scores)"
+               if not getattr(model, "uses_waveform", True) else ""))
+    else:
+        csv = metadata if isinstance(metadata, pd.DataFrame) else read_metadata_csv(metadata)
+        table, matched = match_metadata(files, csv)
+        if not matched.all():
+            log(f"warning: {int((~matched).sum())} of {len(files)} file(s) have no row in the metadata table; "
+                "they are scored with date, time and place unknown")
+    return encoder.transform(table)
 
 
 def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | None = None,
             hop_s: float | None = None, pooling: str | None = None, batch_size: int = 32,
-            progress: bool = True, log=None, engine: str = "whole", model=None) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+            progress: bool = True, log=None, engine: str = "whole", model=None,
+            metadata: str | os.PathLike | pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Scores audio files with an exported model.
 
     Args:
@@ -79,6 +204,10 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
             decoded recording and scored through ``serving_default`` on its own.
         model: An already loaded model with the ``ExportedModel`` interface (e.g. a
             :class:`~birdnet_tf.infer.remote.RemoteModel`); sliding windows only.
+        metadata: For an export with metadata input: a CSV path or table of the recordings'
+            date, time and place (:func:`read_metadata_csv`, :func:`match_metadata`); files
+            without a row, or all without it, are scored with all fields unknown (a warning
+            says how many). Ignored, with a warning, by exports without metadata input.
 
     Returns:
         (table, failures): ``file``, ``start_s``, ``end_s`` + one column per label (per-file
@@ -99,9 +228,12 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
     cfg = getattr(model, "config", None)
     pooling = pooling or (cfg.data.file_pooling if cfg is not None else "mean")
     pool(np.zeros((1, 1)), pooling)  # validate the name before decoding anything
+    if metadata is not None and not isinstance(metadata, pd.DataFrame):
+        metadata = read_metadata_csv(metadata)  # a bad CSV fails before any audio is decoded
     files, failures = expand_inputs(inputs)
     for path, reason in failures:
         log(f"skipped: {path}: {reason}")
+    features = file_metadata(model, files, metadata, log)
     if engine == "whole" and not model.extra.get("whole_recording"):
         log("note: this export has no whole-recording signatures; scoring windows one by one")
         engine = "sliding"
@@ -110,9 +242,9 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
 
         whole = WholeRecordingModel.from_export(model)
         results = whole.score_files(files, window_s=window_s, hop_s=hop_s, file_pooling=pooling,
-                                    progress=progress, log=log)
+                                    progress=progress, log=log, metadata=features)
     else:
-        results = _sliding(model, files, window_s, hop_s, pooling, batch_size, progress, log)
+        results = _sliding(model, files, window_s, hop_s, pooling, batch_size, progress, log, features)
     rows = []
     sr = model.sample_rate_hz
     for index, res, error in results:
@@ -135,8 +267,11 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
     return table, failures
 
 
-def _sliding(model, files, window_s, hop_s, pooling, batch_size, progress, log):
-    """Sliding windows through ``serving_default``; yields ``(index, result, error)`` like the whole engine."""
+def _sliding(model, files, window_s, hop_s, pooling, batch_size, progress, log, features=None):
+    """Sliding windows through ``serving_default``; yields ``(index, result, error)`` like the whole engine.
+
+    ``features``: ``[files, F]`` encoded metadata for a model with metadata input (else None).
+    """
     from tqdm.auto import tqdm
 
     from birdnet_tf.data.audio import load_audio
@@ -166,7 +301,8 @@ def _sliding(model, files, window_s, hop_s, pooling, batch_size, progress, log):
             hop = int(round((hop_s or window_s) * sr))
             starts = np.arange(0, max(len(x), 1), hop, dtype=np.int64)
             starts = starts[(starts == 0) | (starts + 0.1 * sr < len(x))]  # no slivers under 0.1 s
-        scores = score_recording(model, x, window, starts, batch_size)
+        scores = score_recording(model, x, window, starts, batch_size,
+                                 metadata=None if features is None else features[index])
         yield index, {"n_samples": len(x), "start_s": starts / sr, "end_s": np.minimum(starts + window, len(x)) / sr,
                       "scores": scores, "file_scores": pool(scores, pooling)}, None
 

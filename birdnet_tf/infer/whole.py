@@ -24,6 +24,12 @@ steps that scoring that window alone produces, so its scores equal sliding-windo
 up to float rounding — given the same band-centring statistics (the tests check both).
 Other starts are rounded to the nearest step (at most half a step, 64 ms, off).
 
+Metadata: a combined audio + metadata model (``metadata.use=combined``) adds its metadata
+network's logits, one bias per class and recording, to the pooled logits before the output
+activation. Max, mean, log-mean-exp and attention pooling commute with adding a constant
+(``pool(x + b) = pool(x) + b``), so the bias is added to each window's pooled logits here;
+noisy-or does not, and such models are scored window by window.
+
 Memory: one decoded block, one front chunk, a batch of segments, plus the recording's
 log-mel frames (80 float32 per 14.3 ms: about 77 MB per hour, a quarter of the decoded
 audio at 22.05 kHz, centred in place) — the decoded audio itself is never held.
@@ -231,7 +237,8 @@ def split_model(model):
 
     ``front``: waveform ``[batch, samples]`` → magnitude-scaled mel frames ``[batch, frames, bands]``;
     ``body``: (band-centred) frames → per-step logits ``[batch, steps, classes]``; ``facts``:
-    ``center`` (bool), ``pooling`` (the temporal pooling method), ``activation``.
+    ``center`` (bool), ``pooling`` (the temporal pooling method), ``activation``, and for a
+    combined audio + metadata model ``metadata: True`` (its bias comes from :func:`metadata_bias_model`).
 
     With ``attention:K`` pooling the body also gives each step's attention logits (a
     projection of that step's features only), packed after the class logits:
@@ -257,7 +264,13 @@ def split_model(model):
     center = "band_centering" in names
     front_out = magnitude.output
     body_in = model.get_layer("band_centering").output if center else front_out
-    front = keras.Model(model.input, front_out, name="front")
+    with_metadata = "combined_logits" in names
+    if with_metadata and model.get_layer("temporal_pooling").method.partition(":")[0] == "noisy-or":
+        raise BirdnetError("noisy-or pooling does not commute with the metadata network's bias, so a combined "
+                           "audio + metadata model with it is scored window by window")
+    wave_in = next((t for t in model.inputs if t.name.split(":")[0] == "waveform"), None) \
+        if len(model.inputs) > 1 else model.input
+    front = keras.Model(wave_in, front_out, name="front")
     pooling = model.get_layer("temporal_pooling")
     if getattr(pooling, "heads", 0):
         ins = pooling.input if isinstance(pooling.input, (list, tuple)) else [pooling.input]
@@ -267,7 +280,31 @@ def split_model(model):
     body = keras.Model(body_in, body_out, name="body")
     facts = {"center": center, "pooling": pooling.method,
              "activation": model.get_layer("scores").get_config()["activation"]}
+    if with_metadata:
+        facts["metadata"] = True
     return front, body, facts
+
+
+def metadata_bias_model(model):
+    """The metadata half of a combined model: ``metadata (batch, F)`` → ``meta_logits (batch, classes)``.
+
+    Returns None for a model without the layers ``combined_logits`` and ``meta_logits``.
+    """
+    import keras
+
+    names = {layer.name for layer in model.layers}
+    if not {"combined_logits", "meta_logits"} <= names:
+        return None
+    meta_in = next(t for t in model.inputs if t.name.split(":")[0] == "metadata")
+    return keras.Model(meta_in, model.get_layer("meta_logits").output, name="metadata_bias")
+
+
+def missing_metadata(cfg: Config, n: int) -> np.ndarray:
+    """``[n, F]`` metadata rows of ``cfg``'s encoding saying "all unknown" (indicators 1, values 0)."""
+    from birdnet_tf.models.metadata import feature_names
+
+    row = np.array([name.endswith("_missing") for name in feature_names(cfg)], np.float32)
+    return np.repeat(row[None], n, axis=0)
 
 
 def _pack_attention_layer():
@@ -362,6 +399,9 @@ class WholeRecordingModel:
         cfg: The model's config.
         geometry: Its :class:`StepGeometry`.
         center, pooling, activation: as returned by :func:`split_model`.
+        metadata_bias: For a combined audio + metadata model: ``float32 [batch, F]`` metadata
+            → ``[batch, classes]`` logits added to every window's pooled logits (see
+            :func:`metadata_bias_model`); None for audio models.
         segment_s: Length of the body's segments (longer = less overlap recomputed,
             more memory per batch).
         batch_size: Segments per body call.
@@ -369,8 +409,11 @@ class WholeRecordingModel:
     """
 
     def __init__(self, front, body, cfg: Config, geometry: StepGeometry, center: bool, pooling: str,
-                 activation: str, segment_s: float = 20.0, batch_size: int = 2, front_s: float = 10.0):
+                 activation: str, segment_s: float = 20.0, batch_size: int = 2, front_s: float = 10.0,
+                 metadata_bias=None):
         self._front, self._body = front, body
+        self._bias = metadata_bias
+        self._missing_bias: np.ndarray | None = None
         self.cfg, self.geometry = cfg, geometry
         self.center, self.pooling, self.activation = center, pooling, activation
         g = geometry
@@ -388,7 +431,12 @@ class WholeRecordingModel:
         f = tf.function(lambda x: front(x, training=False), input_signature=[tf.TensorSpec([None, None], tf.float32)])
         b = tf.function(lambda x: body(x, training=False),
                         input_signature=[tf.TensorSpec([None, None, fe.n_mels], tf.float32)])
-        return cls(lambda x: f(x).numpy(), lambda x: b(x).numpy(), cfg, geometry, **facts, **kwargs)
+        bias = None
+        if facts.pop("metadata", False):
+            m = metadata_bias_model(model)
+            bias = lambda x: np.asarray(m(np.asarray(x, np.float32), training=False), np.float32)  # noqa: E731
+        return cls(lambda x: f(x).numpy(), lambda x: b(x).numpy(), cfg, geometry, **facts, metadata_bias=bias,
+                   **kwargs)
 
     @classmethod
     def from_export(cls, path: str | os.PathLike, **kwargs) -> "WholeRecordingModel":
@@ -404,8 +452,20 @@ class WholeRecordingModel:
         geometry = StepGeometry(cfg.audio.sample_rate_hz, fe.hop_length, fe.n_fft, facts["stride_frames"],
                                 facts["field_frames"])
         front, body = exported.signature("front"), exported.signature("body")
+        bias = None
+        if facts.get("metadata"):
+            import tensorflow as tf
+
+            meta = exported.signature("metadata_logits")
+            bias = lambda x: meta(metadata=tf.constant(np.asarray(x, np.float32)))["logits"].numpy()  # noqa: E731
         return cls(lambda x: front(waveform=x)["frames"].numpy(), lambda x: body(frames=x)["logits"].numpy(),
-                   cfg, geometry, facts["center"], facts["pooling"], facts["activation"], **kwargs)
+                   cfg, geometry, facts["center"], facts["pooling"], facts["activation"], metadata_bias=bias,
+                   **kwargs)
+
+    @property
+    def uses_metadata(self) -> bool:
+        """True for a combined audio + metadata model (its windows get a per-recording bias)."""
+        return self._bias is not None
 
     # ------------------------------------------------------------------ front
     def spectrogram(self, blocks: Iterable[np.ndarray], min_samples: int = 0,
@@ -483,19 +543,30 @@ class WholeRecordingModel:
         return [np.concatenate([lg for _, lg in sorted(parts, key=lambda p: p[0])]) for parts in out]
 
     # ------------------------------------------------------------------ pooling
-    def window_scores(self, logits: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
-        """Scores ``[len(starts), classes]`` of windows ``[start, start + window)`` (samples)."""
+    def window_scores(self, logits: np.ndarray, starts: np.ndarray, window: int,
+                      bias: np.ndarray | None = None) -> np.ndarray:
+        """Scores ``[len(starts), classes]`` of windows ``[start, start + window)`` (samples).
+
+        ``bias`` (``[classes]``, a combined model's metadata logits of the recording) is added
+        to each window's pooled logits before the output activation; a combined model given
+        none takes the recording's metadata as unknown (the bias of an all-missing row).
+        """
         g = self.geometry
         n_steps = len(logits)
         per_window = max(1, g.steps(g.frames(window)))
         first = np.clip(np.round(np.asarray(starts) / g.stride_samples).astype(np.int64), 0, n_steps - 1)
         scores = np.empty((len(first), pooled_classes(logits.shape[1], self.pooling)), np.float32)
+        if bias is None and self._bias is not None:
+            if self._missing_bias is None:
+                self._missing_bias = np.asarray(self._bias(missing_metadata(self.cfg, 1)), np.float64)[0]
+            bias = self._missing_bias
+        shift = 0.0 if bias is None else np.asarray(bias, np.float64)
         full = first + per_window <= n_steps
         if full.any():
             idx = first[full, None] + np.arange(per_window)[None, :]
-            scores[full] = self._activate(_pool_steps(logits[idx], self.pooling))
+            scores[full] = self._activate(_pool_steps(logits[idx], self.pooling) + shift)
         for i in np.nonzero(~full)[0]:  # windows running past the last step pool what there is
-            scores[i] = self._activate(_pool_steps(logits[None, first[i]:], self.pooling))[0]
+            scores[i] = self._activate(_pool_steps(logits[None, first[i]:], self.pooling) + shift)[0]
         return scores
 
     def _activate(self, pooled: np.ndarray) -> np.ndarray:
@@ -508,7 +579,7 @@ class WholeRecordingModel:
     # ------------------------------------------------------------------ files
     def score_files(self, sources: list, window_s: float | None = None, hop_s: float | None = None,
                     file_pooling: str | None = None, group_s: float = 600.0, progress: bool = False,
-                    log=None) -> Iterator[tuple[int, dict | None, str | None]]:
+                    log=None, metadata: np.ndarray | None = None) -> Iterator[tuple[int, dict | None, str | None]]:
         """Scores recordings; yields ``(index, result, error)`` per source in order of completion.
 
         ``sources`` are paths (decoded with :func:`iter_audio` at the model's rate) or
@@ -518,6 +589,10 @@ class WholeRecordingModel:
         hop for per-file windows), and ``file_scores [classes]`` = the windows pooled with
         ``file_pooling`` (default: the config's). Files are processed in groups of about
         ``group_s`` seconds of audio whose segments are batched together.
+
+        ``metadata`` (float32 ``[sources, F]``, the encoded metadata of each recording) is
+        what a combined audio + metadata model adds as its per-recording bias; without it such
+        a model takes every recording's metadata as unknown. Audio models ignore it.
         """
         from tqdm.auto import tqdm
 
@@ -535,6 +610,11 @@ class WholeRecordingModel:
         group: list[tuple[int, np.ndarray, int]] = []
         group_samples = 0
 
+        biases = None
+        if self._bias is not None:
+            rows = missing_metadata(cfg, len(sources)) if metadata is None else np.asarray(metadata, np.float32)
+            biases = np.asarray(self._bias(rows), np.float64) if len(rows) else rows
+
         def flush():
             specs = [self.centre(spec) for _, spec, _ in group]  # in place
             for (index, _, n), logits in zip(group, self.step_logits(specs)):
@@ -545,7 +625,7 @@ class WholeRecordingModel:
                 else:
                     starts = np.arange(0, max(n, 1), hop, dtype=np.int64)
                     starts = starts[(starts == 0) | (starts + 0.1 * sr < n)]  # no slivers under 0.1 s
-                scores = self.window_scores(logits, starts, window)
+                scores = self.window_scores(logits, starts, window, None if biases is None else biases[index])
                 yield index, {"n_samples": n, "start_s": starts / sr, "end_s": np.minimum(starts + window, n) / sr,
                               "scores": scores, "file_scores": pool(scores, file_pooling)}, None
                 bar.update()

@@ -14,7 +14,8 @@ from birdnet_tf.models.registry import get_backbone
 INPUT_KINDS = ("waveform", "image")
 
 
-def build_model(cfg: Config, n_classes: int, name: str | None = None, input_kind: str = "waveform") -> keras.Model:
+def build_model(cfg: Config, n_classes: int, name: str | None = None, input_kind: str = "waveform",
+                n_metadata: int | None = None) -> keras.Model:
     """Functional model: ``waveform (batch, samples)`` → ``scores (batch, n_classes)``.
 
     Inside: frontend → SpecAugment (training only) → SpecTransforms (layer ``spec_transforms``,
@@ -29,9 +30,25 @@ def build_model(cfg: Config, n_classes: int, name: str | None = None, input_kind
     ``birdnet-tf extract`` saves as PNG — and skips the ``ChunkSpectrogram`` frontend; every
     layer after it is the same, names included. :func:`waveform_model` puts the frontend
     back in front of such a model.
+
+    ``metadata.use`` (:mod:`birdnet_tf.models.metadata`): ``only`` returns the metadata MLP
+    ``{"metadata": (batch, F)}`` → ``scores``; ``combined`` takes ``{"waveform", "metadata"}``
+    and adds the MLP's logits (``meta_logits``) to the pooled audio logits (layer
+    ``combined_logits``) before ``scores``; every audio layer keeps its name. ``n_metadata``
+    (``F``) defaults to the config's encoder size.
     """
     if n_classes < 1:
         raise ValueError("a model needs at least one class")
+    from birdnet_tf.models import metadata as meta_models
+
+    meta_models.check_metadata_config(cfg)
+    if cfg.metadata.use == "only":
+        return meta_models.build_metadata_model(cfg, n_classes, n_metadata, name=name)
+    combined = cfg.metadata.use == "combined"
+    if combined and input_kind != "waveform":
+        from birdnet_tf.errors import ConfigError
+
+        raise ConfigError("metadata.use=combined needs a waveform model (not one on chunk images)")
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind must be one of {', '.join(INPUT_KINDS)}, not {input_kind!r}")
     backbone = get_backbone(cfg.model.name)
@@ -68,7 +85,13 @@ def build_model(cfg: Config, n_classes: int, name: str | None = None, input_kind
         from birdnet_tf.errors import ConfigError
 
         raise ConfigError(f"model.output_activation must be sigmoid or softmax, not '{act}'")
+    if combined:  # the metadata MLP's logits: a per-file bias on the pooled class logits
+        meta = meta_models.metadata_input(cfg, n_metadata)
+        bias = meta_models.metadata_logits(meta, cfg, n_classes, zero_init=True)
+        pooled = keras.layers.Add(name="combined_logits")([pooled, bias])
     scores = keras.layers.Activation(act, dtype="float32", name="scores")(pooled)
+    if combined:
+        return keras.Model({"waveform": wave, meta_models.METADATA_INPUT: meta}, scores, name=name or cfg.model.name)
     return keras.Model(wave, scores, name=name or cfg.model.name)
 
 
@@ -100,12 +123,23 @@ def min_samples(model: keras.Model, cfg: Config) -> int:
     """Smallest waveform length ``model`` accepts (one receptive field), in samples.
 
     Found by bisection over whole frames on symbolic shapes, so nothing is computed.
+    A combined audio + metadata model is probed with its ``metadata`` input; a metadata-only
+    model gives 0.
     """
     hop, n_fft = cfg.frontend.hop_length, cfg.frontend.n_fft
+    from birdnet_tf.models.metadata import METADATA_INPUT, has_metadata_input, has_waveform_input
+
+    if has_metadata_input(model):
+        if not has_waveform_input(model):
+            return 0  # a metadata-only model reads no audio
+        n_meta = next(t.shape[-1] for t in model.inputs if t.name.split(":")[0] == METADATA_INPUT)
+
+    def shape(samples: int):
+        return {"waveform": (1, samples), METADATA_INPUT: (1, n_meta)} if has_metadata_input(model) else (1, samples)
 
     def ok(frames: int) -> bool:
         try:
-            model.compute_output_shape((1, n_fft + (frames - 1) * hop))
+            model.compute_output_shape(shape(n_fft + (frames - 1) * hop))
             return True
         except ValueError:
             return False
@@ -132,6 +166,7 @@ def load_keras_model(path) -> keras.Model:
     import birdnet_tf.models.layers  # noqa: F401 - registers the head layers
     import birdnet_tf.data.image_augment  # noqa: F401 - registers the baseline's augmentation layer
     import birdnet_tf.data.spec_augment  # noqa: F401 - registers the OFAI spectrogram augmentation layer
+    import birdnet_tf.models.metadata  # noqa: F401 - registers the metadata network's noise layer
     from birdnet_tf.train.losses import register_losses
     from birdnet_tf.train.trainer import register_schedules
 

@@ -11,6 +11,9 @@ A run folder holds::
     best.keras       the model of the best epoch by ``train.monitor``
     logs/            TensorBoard
     eval/            report.json and plots (written by evaluate at the end)
+    metadata_encoder.json   runs with metadata.use only/combined: the feature encoder fitted on the
+                     training files (split.csv then also holds their date, time, latitude,
+                     longitude and elevation, so evaluation needs no dataset)
 
 Running ``train`` again on the same folder with the same config resumes after the
 last finished epoch; with a different config it refuses instead of mixing runs.
@@ -96,6 +99,8 @@ def check_input_length(cfg: Config) -> None:
     """Refuses an excerpt shorter than the model's receptive field, before anything is written."""
     from birdnet_tf.models.build import build_model, min_samples
 
+    if cfg.metadata.use == "only":  # the metadata MLP reads no audio
+        return
     need = min_samples(build_model(cfg, 1), cfg)
     if cfg.excerpt_samples < need:
         raise ConfigError(f"data.excerpt_s={cfg.data.excerpt_s} is shorter than the {cfg.model.name} model's "
@@ -506,10 +511,16 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if not data_dir.is_dir():
         raise BirdnetError(f"{data_dir}: dataset folder does not exist")
     resume = check_run_folder(paths, cfg)
+    from birdnet_tf.models.metadata import check_metadata_config, uses_metadata
+
+    check_metadata_config(cfg)
     check_input_length(cfg)
     make_loss(cfg)  # an unknown train.loss fails here, before anything is written
     # a birdnet-tf extract folder: the baseline's PNG chunks, read as images (checked before anything is written)
     chunk_index = pipeline.read_chunk_index(data_dir, cfg) if pipeline.is_chunk_folder(data_dir) else None
+    if chunk_index is not None and uses_metadata(cfg):
+        raise ConfigError(f"{data_dir}: metadata.use={cfg.metadata.use} needs a dataset of recordings, "
+                          "not a folder of PNG chunks")
     init_weights = None
     if cfg.train.init_weights and not resume and not Path(cfg.train.init_weights).is_file():
         raise BirdnetError(f"{cfg.train.init_weights}: train.init_weights file does not exist")
@@ -558,9 +569,21 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         split["secondary_labels"] = [";".join(v) for v in pd.concat([train_df, val_df])["secondary_labels"]]
         if "recordist" in train_df.columns:
             split["recordist"] = list(pd.concat([train_df, val_df])["recordist"])
+        meta_extra = {}
+        if uses_metadata(cfg):  # the raw metadata travels with the run: evaluation needs no dataset
+            from birdnet_tf.data.metadata import FIELDS
+            from birdnet_tf.models.metadata import FEATURES_KEY, num_features
+
+            both = pd.concat([train_df, val_df])
+            for column in FIELDS:
+                split[column] = list(both[column]) if column in both.columns else pd.NA
+            meta_extra = {FEATURES_KEY: num_features(cfg)}
         split.to_csv(paths.split, index=False)
-        save_config(cfg, paths.config, data_dir=str(data_dir.resolve()), n_classes=len(labels))
+        save_config(cfg, paths.config, data_dir=str(data_dir.resolve()), n_classes=len(labels), **meta_extra)
     log(describe_split(train_df, val_df))
+    train_meta = val_meta = None
+    if uses_metadata(cfg):
+        train_meta, val_meta = metadata_features(cfg, paths, train_df, val_df, log)
 
     policy = configure_precision(cfg, log)
     # seeds initial weights, excerpt positions and augmentation (parallel tf.data and
@@ -577,11 +600,19 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         steps = cfg.train.steps_per_epoch or max(1, math.ceil(len(train_rows) / cfg.data.batch_size))
         train_ds = pipeline.chunk_training_dataset(list(train_rows["png"]), targets, cfg, repeat=True)
         windows, val_df = pipeline.chunk_file_windows(chunk_index, val_df, cfg, cfg.data.max_eval_windows, log)
+    elif cfg.metadata.use == "only":  # the metadata MLP: one row per file, no audio read
+        from birdnet_tf.models.metadata import metadata_training_dataset, metadata_windows
+
+        durations = train_df["duration_s"].to_numpy(float)
+        steps = cfg.train.steps_per_epoch or pipeline.steps_in_epoch(durations, cfg)
+        train_ds = metadata_training_dataset(train_meta, targets, durations, cfg, repeat=True)
+        windows = metadata_windows(val_meta, cfg)
     else:
         durations = train_df["duration_s"].to_numpy(float)
         steps = cfg.train.steps_per_epoch or pipeline.steps_in_epoch(durations, cfg)
-        train_ds = pipeline.training_dataset(list(train_df["wav_path"]), targets, durations, cfg, repeat=True)
-        windows = pipeline.evaluation_windows(list(val_df["wav_path"]), cfg)
+        train_ds = pipeline.training_dataset(list(train_df["wav_path"]), targets, durations, cfg, repeat=True,
+                                             metadata=train_meta)
+        windows = pipeline.evaluation_windows(list(val_df["wav_path"]), cfg, metadata=val_meta)
     val_primary = primary_indices(val_df, labels)
     val_bg = background_matrix(val_df, labels)
     val_targets = encode_targets(val_df, labels, cfg.data.background_weight)
@@ -600,7 +631,7 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if chunk_index is not None:  # the extract's noise/ chunks of the training files
         noise = chunk_index[(chunk_index["kind"] == "noise") & chunk_index["key"].isin(set(train_df["key"]))]
         set_chunk_noise_bank(model, list(noise["png"]), cfg, log)
-    else:
+    elif cfg.metadata.use != "only":
         set_noise_bank(model, list(train_df["wav_path"]), cfg, log)
     _trim_history(paths.history, initial_epoch)
 
@@ -612,7 +643,11 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         keras.callbacks.TensorBoard(log_dir=str(paths.logs), write_graph=False, profile_batch=0),
     ]
     on = f"{len(train_rows)} chunks of {len(train_df)} files" if chunk_index is not None else f"{len(train_df)} files"
-    log(f"training {cfg.model.name} ({model.count_params():,} parameters, {policy}) on {on}, "
+    if uses_metadata(cfg):
+        on += f" with {train_meta.shape[1]} metadata features"
+    what = "a metadata MLP" if cfg.metadata.use == "only" else cfg.model.name + (
+        " + metadata MLP" if uses_metadata(cfg) else "")
+    log(f"training {what} ({model.count_params():,} parameters, {policy}) on {on}, "
         f"validating on {len(val_df)} files; {steps} steps/epoch, epochs {initial_epoch + 1}..{cfg.train.epochs}")
     model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
               steps_per_epoch=steps, shuffle=False, callbacks=callbacks, verbose=1 if _is_tty() else 2)
@@ -623,6 +658,40 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
         summary["report"] = str(evaluate_run(paths.root, log=log)["report_dir"])
     return summary
+
+
+def metadata_features(cfg: Config, paths: RunPaths, train_df: pd.DataFrame, val_df: pd.DataFrame,
+                      log=print) -> tuple[np.ndarray, np.ndarray]:
+    """The metadata features of a run's training and validation files (``metadata.use`` only / combined).
+
+    The encoder (:class:`~birdnet_tf.data.metadata.MetadataEncoder` of ``metadata.date_size`` /
+    ``time_size``) is fitted on the training rows and saved as ``metadata_encoder.json`` in the
+    run folder, or read from there when the run resumes. How many values of each field parsed,
+    were missing or could not be parsed is logged.
+
+    Returns:
+        ``(train float32 [train files, F], val float32 [val files, F])``.
+
+    Raises:
+        BirdnetError: A saved encoder is unreadable or has other sizes than the config.
+    """
+    from birdnet_tf.data.metadata import METADATA_ENCODER_FILENAME, MetadataEncoder, describe
+    from birdnet_tf.models.metadata import make_encoder
+
+    path = paths.root / METADATA_ENCODER_FILENAME
+    if path.is_file():
+        encoder = MetadataEncoder.load(path)
+        if (encoder.date_size, encoder.time_size) != (cfg.metadata.date_size, cfg.metadata.time_size):
+            raise BirdnetError(f"{path}: has date/time sizes {encoder.date_size}/{encoder.time_size}, the config "
+                               f"{cfg.metadata.date_size}/{cfg.metadata.time_size}")
+        log(f"metadata encoder: {path} (saved)")
+    else:
+        encoder = make_encoder(cfg).fit(train_df)
+        encoder.save(path)
+        log(f"metadata encoder fitted on the {len(train_df)} training files: {path}")
+    for name, rows in (("training", train_df), ("validation", val_df)):
+        log(f"{name} " + describe(rows))
+    return encoder.transform(train_df), encoder.transform(val_df)
 
 
 def set_noise_bank(model, wav_paths: list[str], cfg: Config, log=print, max_chunks: int = 256) -> int:
