@@ -115,9 +115,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_tflite(args) -> int:
-    from birdnet_tf.tflite import check_outputs, validation_audio
+    from birdnet_tf.tflite import check_audio_only, check_outputs, validation_audio
 
-    check_outputs(args.out, args.quantization, args.force)  # before any work is done
+    check_audio_only(args.run_dir)  # a metadata run is refused before any work is done
+    check_outputs(args.out, args.quantization, args.force)
     check = args.check
     if not check:
         check = validation_audio(args.run_dir)
@@ -210,7 +211,7 @@ def cmd_submit(args) -> int:
     submit(args.task, args.models, args.audio, args.out, metadata=args.metadata, class_ids=args.class_ids,
            pooling=args.pooling, window_s=args.window_s, hop_s=args.hop_s, max_windows=args.max_windows,
            drop_classes=DEFAULT_DROP_CLASSES if args.drop_class is None else args.drop_class, engine=args.engine,
-           force=args.force, log=_log, progress=not args.no_progress)
+           force=args.force, log=_log, progress=not args.no_progress, weights=args.weights)
     return 0
 
 
@@ -401,7 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run file to write")
     p.add_argument("--metadata", default=None, metavar="XML_DIR_OR_CSV",
                    help="BirdCLEF XML folder or CSV with media_id/MediaId and filename columns "
-                        "(default: MediaId = the file's stem)")
+                        "(default: MediaId = the file's stem); models trained with metadata also read each file's "
+                        "Date, Time, Latitude, Longitude, Elevation tags (CSV: date, time, ... columns) from it")
+    p.add_argument("--weights", default=None, metavar="WEIGHTS_JSON",
+                   help="weights.json of birdnet-tf ensemble: the window scores are combined by the weighted mean, "
+                        "the i-th MODEL getting the weight of the i-th model listed in the file")
     p.add_argument("--class-ids", default=None, metavar="CSV",
                    help="CSV label,class_id (default: the first model's assets.extra/labels.csv, else the labels)")
     p.add_argument("--pooling", default=None,

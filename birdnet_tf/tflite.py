@@ -6,6 +6,9 @@ Contract of one output (``model_<quantization>.tflite`` + ``model_<quantization>
     output  scores   float32 [1, classes] in labels order
     ops     TFLite built-ins only (no SELECT_TF_OPS / Flex, no custom ops, no resource variables)
 
+Audio-only runs only: a run trained with metadata (``metadata.use`` only / combined) is
+refused up front (:func:`check_audio_only`).
+
 The sidecar ``model_<q>.json`` holds the labels, the run's config, the quantization,
 the window, the package version and the verification figures; ``labels.txt`` is
 written beside them. Quantizations (:data:`QUANTIZATIONS`): ``float32``; ``float16``
@@ -77,6 +80,30 @@ def _load_run(run_dir: str | os.PathLike, model_file: str = "best.keras"):
     from birdnet_tf.export import load_run
 
     return load_run(run_dir, model_file)
+
+
+def check_audio_only(run_dir: str | os.PathLike) -> None:
+    """Refuses a run trained with metadata (``metadata.use`` only / combined) before any work.
+
+    The TFLite contract is one waveform input; such runs also (or only) take a metadata row.
+    A folder without ``config.json`` passes here (loading it says what is wrong).
+
+    Raises:
+        BirdnetError: The run's ``metadata.use`` is not ``none``.
+    """
+    from birdnet_tf.config import read_config_json
+
+    config = Path(run_dir) / "config.json"
+    if not config.is_file():
+        return
+    cfg, _ = read_config_json(config)
+    _refuse_metadata(cfg.metadata.use, run_dir)
+
+
+def _refuse_metadata(use: str, where, what: str = "run") -> None:
+    if use != "none":
+        raise BirdnetError(f"{where}: TFLite conversion supports audio-only models; this {what} uses metadata "
+                           f"(metadata.use={use})")
 
 
 def quantization_safe_model(model):
@@ -165,6 +192,7 @@ def convert(model_or_run, quantization: str = "float32", window_samples: int | N
     if isinstance(model_or_run, (str, os.PathLike)):
         from birdnet_tf.models.build import min_samples
 
+        check_audio_only(model_or_run)
         model, cfg, _, _ = _load_run(model_or_run)
         window_samples = window_samples or cfg.excerpt_samples
         shortest = min_samples(model, cfg)
@@ -172,7 +200,11 @@ def convert(model_or_run, quantization: str = "float32", window_samples: int | N
             raise BirdnetError(f"{model_or_run}: a window of {window_samples} samples is shorter than the model's "
                                f"receptive field ({shortest} samples = {shortest / cfg.audio.sample_rate_hz:.2f} s)")
     else:
+        from birdnet_tf.models.metadata import has_metadata_input, has_waveform_input
+
         model = model_or_run
+        if has_metadata_input(model):
+            _refuse_metadata("combined" if has_waveform_input(model) else "only", f"model '{model.name}'", "model")
         if not window_samples:
             raise BirdnetError("convert: window_samples is needed when a model (not a run folder) is given")
     window_samples = int(window_samples)
@@ -506,6 +538,7 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
     from birdnet_tf.models.build import min_samples
 
     quantizations = list(dict.fromkeys(quantizations))
+    check_audio_only(run_dir)
     check_outputs(out_dir, quantizations, force)
     out = Path(out_dir)
     run = Path(run_dir)

@@ -19,7 +19,22 @@ from SavedModels (``birdnet-tf export``) instead of pickled Theano nets:
 **Ensembles.** Several export folders average their *window* scores (as the baseline
 averaged its models' chunk predictions) before pooling. Members must predict the same
 classes (the same order, or reorderable by name) at the same sample rate; every member
-scores the same windows (those of the first model's excerpt and hop unless given).
+scores the same windows (those of the first model's excerpt and hop unless given). With
+``weights`` (a ``weights.json`` of ``birdnet-tf ensemble``, :func:`read_submit_weights`)
+the mean is weighted: the i-th model gets the weight of the i-th model listed in the file
+(as ``birdnet-tf ensemble --weights`` applies them), the weights normalised to sum 1.
+
+**Metadata-aware members.** An export trained with ``metadata.use`` only / combined also
+takes each recording's date, time, latitude, longitude and elevation, read from the same
+``metadata`` that gives the MediaIds (the XML files' ``Date``, ``Time``, ``Latitude``,
+``Longitude``, ``Elevation`` tags, or the CSV's ``date``, ``time``, ... columns in any case;
+:func:`read_recording_metadata`), matched to the audio files as the MediaIds are
+(:func:`match_recording_metadata`) and encoded by each member's own encoder. Files without
+any of these values (or all files, without ``metadata``) are scored with them unknown; one
+warning gives the count. A combined member adds its metadata network's bias to every
+window's pooled logits (whole engine) or takes the row with every window (sliding); a
+metadata-only member reads no audio, so every window of a file gets its one score row (the
+windows themselves still come from the recording's length), as ``birdnet-tf predict`` does.
 
 **Engines.** ``whole`` (default) runs each member's network once over the streamed
 recording through the export's ``front``/``body`` signatures and pools windows from its
@@ -61,6 +76,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from birdnet_tf.data.metadata import FIELDS
 from birdnet_tf.errors import AudioDecodeError, BirdnetError
 
 TASKS: tuple[str, ...] = ("monophone", "soundscape")
@@ -168,11 +184,32 @@ def _add_media_id(by_name: dict[str, str], source: str, filename: str, media: st
     by_name[name] = media
 
 
-def _xml_tag(root, tag: str) -> str | None:
-    for child in root:
-        if isinstance(child.tag, str) and child.tag.strip().lower() == tag and child.text and child.text.strip():
-            return child.text.strip()
-    return None
+def _xml_folder_records(path: Path) -> tuple[Path, int, list[tuple[str, dict[str, str]]], list[tuple[str, str]]]:
+    """``(folder, number of XML files, [(xml name, {lower-case tag: text})], [(xml name, why skipped)])``.
+
+    ``path`` is a folder of BirdCLEF XML files or one whose ``xml/`` subfolder holds them; a tag's
+    text is its first non-empty occurrence, stripped.
+
+    Raises:
+        BirdnetError: The folder holds no ``*.xml`` files.
+    """
+    folder = path if any(path.glob("*.xml")) or not (path / "xml").is_dir() else path / "xml"
+    files = sorted(p for p in folder.glob("*.xml") if p.is_file())
+    if not files:
+        raise BirdnetError(f"{path}: no *.xml files (expected one BirdCLEF XML file per recording)")
+    records, bad = [], []
+    for f in files:
+        try:
+            root = ElementTree.parse(f).getroot()
+        except (ElementTree.ParseError, OSError, UnicodeDecodeError) as e:
+            bad.append((f.name, f"does not parse ({e})"))
+            continue
+        fields: dict[str, str] = {}
+        for child in root:
+            if isinstance(child.tag, str) and child.text and child.text.strip():
+                fields.setdefault(child.tag.strip().lower(), child.text.strip())
+        records.append((f.name, fields))
+    return folder, len(files), records, bad
 
 
 def read_media_ids(metadata: str | os.PathLike) -> dict[str, str]:
@@ -191,30 +228,18 @@ def read_media_ids(metadata: str | os.PathLike) -> dict[str, str]:
     path = Path(metadata)
     by_name: dict[str, str] = {}
     if path.is_dir():
-        folder = path if any(path.glob("*.xml")) or not (path / "xml").is_dir() else path / "xml"
-        files = sorted(p for p in folder.glob("*.xml") if p.is_file())
-        if not files:
-            raise BirdnetError(f"{path}: no *.xml files (expected one BirdCLEF XML file per recording)")
-        bad = []
-        for f in files:
-            try:
-                root = ElementTree.parse(f).getroot()
-            except (ElementTree.ParseError, OSError, UnicodeDecodeError) as e:
-                bad.append((f.name, f"does not parse ({e})"))
-                continue
-            media, filename = _xml_tag(root, "mediaid"), _xml_tag(root, "filename")
+        folder, n_files, records, bad = _xml_folder_records(path)
+        for name, fields in records:
+            media, filename = fields.get("mediaid"), fields.get("filename")
             if media is None or filename is None:
-                bad.append((f.name, "no MediaId or FileName"))
+                bad.append((name, "no MediaId or FileName"))
                 continue
-            _add_media_id(by_name, str(f), filename, media)
+            _add_media_id(by_name, str(folder / name), filename, media)
         if bad:
-            warnings.warn(f"{folder}: {len(bad)} of {len(files)} XML files skipped "
+            warnings.warn(f"{folder}: {len(bad)} of {n_files} XML files skipped "
                           f"(first: {bad[0][0]}: {bad[0][1]})", stacklevel=2)
     elif path.is_file():
-        try:
-            table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            raise BirdnetError(f"{path}: cannot be read as a CSV table ({e})") from None
+        table = _read_csv_table(path)
         lower = {str(c).strip().lower(): c for c in table.columns}
         media_col = next((lower[c] for c in _MEDIA_ID_COLUMNS if c in lower), None)
         file_col = next((lower[c] for c in _FILE_COLUMNS if c in lower), None)
@@ -243,6 +268,161 @@ def _resolve_media_ids(files: list[str], mapping: dict[str, str], source) -> dic
         raise BirdnetError(f"{source}: no MediaId for {len(missing)} of {len(files)} audio file(s) "
                            f"(first: {missing[0]}); matched by file name, then stem")
     return out
+
+
+def _read_csv_table(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise BirdnetError(f"{path}: cannot be read as a CSV table ({e})") from None
+
+
+def read_recording_metadata(metadata: str | os.PathLike) -> pd.DataFrame:
+    """Each recording's date, time and place from the BirdCLEF metadata that gives its MediaId.
+
+    Args:
+        metadata: A folder of BirdCLEF XML files (or one whose ``xml/`` subfolder holds them):
+            tags ``FileName``, ``Date``, ``Time``, ``Latitude``, ``Longitude``, ``Elevation``
+            (any may be missing); or a CSV with a file name column (``filename``/``FileName``/
+            ``file``/``path``, as :func:`read_media_ids` reads it) and any of ``date``, ``time``,
+            ``latitude``, ``longitude``, ``elevation`` (names in any case).
+
+    Returns:
+        One row per entry with a file name: ``file`` (the file name, no folders) and the five
+        fields as the raw strings (parsed by :mod:`birdnet_tf.data.metadata`; ``pd.NA`` where a
+        tag or column is missing, empty cells stay empty strings: both count as unknown).
+
+    Raises:
+        BirdnetError: The path does not exist, is not a readable CSV or XML folder, or a CSV
+            lacks a file name column.
+    """
+    path = Path(metadata)
+    if path.is_dir():
+        _, _, records, _ = _xml_folder_records(path)
+        rows = [{"file": fields["filename"], **{f: fields.get(f, pd.NA) for f in FIELDS}}
+                for _, fields in records if fields.get("filename")]
+        table = pd.DataFrame(rows, columns=["file", *FIELDS])
+    elif path.is_file():
+        raw = _read_csv_table(path)
+        lower = {str(c).strip().lower(): c for c in raw.columns}
+        file_col = next((lower[c] for c in _FILE_COLUMNS if c in lower), None)
+        if file_col is None:
+            raise BirdnetError(f"{path}: needs a file name column (filename or FileName) to match the metadata "
+                               f"to the audio; columns found: {', '.join(map(str, raw.columns))}")
+        table = pd.DataFrame({"file": raw[file_col].astype(str),
+                              **{f: raw[lower[f]] if f in lower else pd.NA for f in FIELDS}})
+    else:
+        raise BirdnetError(f"{path}: metadata does not exist (give a BirdCLEF XML folder or a metadata CSV)")
+    table["file"] = [Path(str(v).strip().replace("\\", "/")).name for v in table["file"]]
+    return table[table["file"] != ""].reset_index(drop=True)
+
+
+def match_recording_metadata(files: Sequence[str], table: pd.DataFrame,
+                             source: object = "metadata") -> tuple[pd.DataFrame, np.ndarray]:
+    """The metadata row of each audio file, matched as MediaIds are: by file name, then by stem
+    (when the stem belongs to one entry only).
+
+    Args:
+        files: Audio file paths.
+        table: :func:`read_recording_metadata`'s table.
+        source: Where the table came from (for messages).
+
+    Returns:
+        ``(rows, matched)``: ``rows`` has one row per file and the columns of :data:`FIELDS`
+        (``pd.NA`` where unmatched); ``matched`` is a bool ``[files]`` array.
+
+    Raises:
+        BirdnetError: Two entries for one file name give different values.
+    """
+    def values_of(row) -> tuple:
+        return tuple(None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else str(v).strip()
+                     for v in (row.get(f, pd.NA) for f in FIELDS))
+
+    by_name: dict[str, tuple] = {}
+    for row in table.to_dict("records"):
+        name, values = str(row["file"]), values_of(row)
+        if by_name.get(name, values) != values:
+            raise BirdnetError(f"{source}: file {name!r} has two metadata entries with different values "
+                               f"({by_name[name]} and {values})")
+        by_name[name] = values
+    stems: dict[str, set[tuple]] = {}
+    for name, values in by_name.items():
+        stems.setdefault(Path(name).stem, set()).add(values)
+    keyed = dict(by_name)
+    for stem, options in stems.items():
+        if len(options) == 1 and stem not in keyed:
+            keyed[stem] = next(iter(options))
+    found = [keyed.get(Path(f).name, keyed.get(Path(f).stem)) for f in files]
+    rows = pd.DataFrame([[pd.NA if v is None else v for v in (values or (None,) * len(FIELDS))] for values in found],
+                        columns=list(FIELDS), index=range(len(files)), dtype=object)
+    return rows, np.array([values is not None for values in found], bool)
+
+
+def member_metadata(members: Sequence[Member], files: Sequence[str], metadata: str | os.PathLike | None,
+                    log=print) -> list[np.ndarray | None]:
+    """Each member's encoded metadata of each file: ``float32 [files, F]`` per metadata-aware member, else None.
+
+    Rows come from :func:`read_recording_metadata` (matched by :func:`match_recording_metadata`)
+    and are encoded by the member's own encoder. Files with no usable date, time or place (no
+    entry, or every field missing or unreadable), and all files without ``metadata``, get the
+    all-unknown row; one warning gives their count.
+    """
+    aware = [i for i, m in enumerate(members) if getattr(m.exported, "metadata_encoder", None) is not None]
+    if not aware:
+        return [None] * len(members)
+    names = ", ".join(str(members[i].path) for i in aware)
+    if metadata is None:
+        rows = pd.DataFrame(index=range(len(files)))
+        log(f"warning: {names} use(s) recording metadata and no --metadata was given: all {len(files)} file(s) "
+            "are scored with date, time and place unknown")
+    else:
+        rows, _ = match_recording_metadata(files, read_recording_metadata(metadata), metadata)
+    out = [m.exported.metadata_encoder.transform(rows) if i in aware else None for i, m in enumerate(members)]
+    if metadata is not None:
+        first = out[aware[0]]
+        indicators = [j for j, n in enumerate(members[aware[0]].exported.metadata_encoder.feature_names)
+                      if n.endswith("_missing")]
+        unknown = int(np.all(first[:, indicators] == 1, axis=1).sum()) if len(files) else 0
+        if unknown:
+            log(f"warning: {unknown} of {len(files)} file(s) have no date, time or place in {metadata} (no entry, "
+                f"or every field missing or unreadable); {names} score(s) them with these unknown")
+        else:
+            log(f"recording metadata for {names} from {metadata} ({len(files)} file(s))")
+    return out
+
+
+def read_submit_weights(weights_file: str | os.PathLike, models: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[str]]:
+    """Ensemble weights of ``models`` from a ``weights.json`` of ``birdnet-tf ensemble``, by position.
+
+    The i-th model gets the weight of the i-th model listed in the file (as
+    :func:`birdnet_tf.infer.ensemble.apply_weights` applies them).
+
+    Returns:
+        ``(weights, listed)``: float64 ``[models]`` summing to 1, and the file's model names in order.
+
+    Raises:
+        BirdnetError: The file is missing or not a weights file, lists another number of models
+            than given, or holds a missing, negative, non-finite or all-zero weight.
+    """
+    from birdnet_tf.infer.ensemble import normalise_weights, read_weights
+
+    doc = read_weights(weights_file)
+    listed = [str(m) for m in doc["models"]]
+    if len(listed) != len(models):
+        raise BirdnetError(f"{weights_file}: has weights for {len(listed)} model(s) ({', '.join(listed)}) but "
+                           f"{len(models)} MODEL(s) were given; the i-th MODEL gets the weight of the i-th model "
+                           "listed in the file")
+    missing = [m for m in listed if m not in doc["weights"]]
+    if missing:
+        raise BirdnetError(f"{weights_file}: no weight for the listed model {missing[0]!r}")
+    try:
+        raw = [float(doc["weights"][m]) for m in listed]
+    except (TypeError, ValueError):
+        raise BirdnetError(f"{weights_file}: weights must be numbers, got {list(doc['weights'].values())}") from None
+    try:
+        return normalise_weights(raw, len(raw)), listed
+    except BirdnetError as e:
+        raise BirdnetError(f"{weights_file}: {e}") from None
 
 
 def resolve_class_ids(labels: Sequence[str], class_ids: str | os.PathLike | None, models: Sequence[Path],
@@ -318,7 +498,10 @@ def load_members(models: Sequence[str | os.PathLike], engine: str = "whole", log
                                    f"extra {extra[:5]}); an ensemble needs the same classes")
         index = {label: j for j, label in enumerate(exported.labels)}
         whole = None
-        if engine == "whole":
+        if not exported.uses_waveform:
+            log(f"note: {path} is a metadata-only model: it reads no audio, so every window of a file gets the "
+                "same scores (from the file's date, time and place)")
+        elif engine == "whole":
             try:
                 whole = WholeRecordingModel.from_export(exported)
             except BirdnetError as e:
@@ -334,13 +517,24 @@ def _counted(blocks: Iterator[np.ndarray], total: list[int]) -> Iterator[np.ndar
 
 
 def score_file(members: Sequence[Member], path: str, task: str, window_s: float, hop_s: float,
-               max_windows: int | None = None, batch_size: int = 32, log=print) -> dict:
+               max_windows: int | None = None, batch_size: int = 32, log=print,
+               weights: Sequence[float] | None = None,
+               metadata: Sequence[np.ndarray | None] | None = None) -> dict:
     """Scores one recording with every member and averages their window scores.
+
+    Args:
+        members, path, task: The ensemble (:func:`load_members`), the recording, the task.
+        window_s, hop_s, max_windows: The windows (see :func:`submit`).
+        batch_size: Windows per call of a sliding-window member.
+        log: Where warnings of decoding go.
+        weights: ``[members]`` weights summing to 1 (default: the plain mean).
+        metadata: Per member, the recording's encoded metadata ``float32 [F]`` for a member
+            with metadata input (None: unknown); ignored for audio-only members.
 
     Returns:
         ``n_samples`` (decoded length at the models' rate), ``start_s``, ``end_s``
-        ``[windows]`` and ``scores [windows, classes]`` (the ensemble mean, in the first
-        member's label order).
+        ``[windows]`` and ``scores [windows, classes]`` (the ensemble's (weighted) mean, in
+        the first member's label order).
 
     Raises:
         AudioDecodeError, BirdnetError: The recording cannot be decoded or is empty.
@@ -352,10 +546,14 @@ def score_file(members: Sequence[Member], path: str, task: str, window_s: float,
     sr = members[0].exported.sample_rate_hz
     window = int(round(window_s * sr))
     hop = int(round(hop_s * sr))
+    metadata = list(metadata) if metadata is not None else [None] * len(members)
     x, n_true, logits = None, None, []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for m in members:
+            if not m.exported.uses_waveform:  # metadata-only: the windows come from the others or the length
+                logits.append(None)
+                continue
             if m.whole is None:
                 if x is None:
                     x, _ = load_audio(path, sr)
@@ -370,6 +568,9 @@ def score_file(members: Sequence[Member], path: str, task: str, window_s: float,
                 raise type(e)(str(e) if str(path) in str(e) else f"{path}: {e}") from None
             logits.append(m.whole.step_logits([m.whole.centre(spec)])[0])
             n_true = total[0]
+        if n_true is None:  # metadata-only members alone: the recording's length still lays out the windows
+            x, _ = load_audio(path, sr)
+            n_true = len(x)
     seen = set()
     for w in caught:
         if str(w.message) not in seen:
@@ -382,12 +583,32 @@ def score_file(members: Sequence[Member], path: str, task: str, window_s: float,
         starts = monophone_starts(n_true, window, hop, max_windows)
         start_s, end_s = starts / sr, np.minimum(starts + window, max(n_true, window)) / sr
     total_scores = None
-    for m, lg in zip(members, logits):
-        s = score_recording(m.exported, x, window, starts, batch_size) if lg is None \
-            else m.whole.window_scores(lg, starts, window)
+    for i, (m, lg, row) in enumerate(zip(members, logits, metadata)):
+        row = None if row is None or not m.exported.uses_metadata else np.asarray(row, np.float32)
+        if not m.exported.uses_waveform:  # one score row per file (it reads only the batch size)
+            one = m.exported(np.zeros((1, 1), np.float32), None if row is None else row[None])
+            s = np.repeat(np.asarray(one), len(starts), axis=0)
+        elif lg is None:
+            s = score_recording(m.exported, x, window, starts, batch_size, metadata=row)
+        else:
+            s = m.whole.window_scores(lg, starts, window, None if row is None else _metadata_bias(m, row))
         s = np.asarray(s, np.float64)[:, m.order]
+        if weights is not None:
+            s = float(weights[i]) * s
         total_scores = s if total_scores is None else total_scores + s
-    return {"n_samples": n_true, "start_s": start_s, "end_s": end_s, "scores": total_scores / len(members)}
+    scores = total_scores if weights is not None else total_scores / len(members)
+    return {"n_samples": n_true, "start_s": start_s, "end_s": end_s, "scores": scores}
+
+
+def _metadata_bias(member: Member, row: np.ndarray) -> np.ndarray | None:
+    """A combined member's metadata logits ``float64 [classes]`` of one encoded row (its ``metadata_logits``
+    signature), the bias the whole-recording engine adds to each window's pooled logits; None when it has none."""
+    import tensorflow as tf
+
+    if not member.whole.uses_metadata:
+        return None
+    fn = member.exported.signature("metadata_logits")
+    return np.asarray(fn(metadata=tf.constant(row[None]))["logits"].numpy(), np.float64)[0]
 
 
 # --------------------------------------------------------------------------
@@ -399,7 +620,7 @@ def submit(task: str, models: str | os.PathLike | Sequence[str | os.PathLike], a
            class_ids: str | os.PathLike | None = None, pooling: str | None = None, window_s: float | None = None,
            hop_s: float | None = None, max_windows: int | None = None,
            drop_classes: Iterable[str] | None = DEFAULT_DROP_CLASSES, engine: str = "whole", force: bool = False,
-           log=print, progress: bool = True) -> Path:
+           log=print, progress: bool = True, weights: str | os.PathLike | None = None) -> Path:
     """Writes a BirdCLEF 2018 run file (see the module docstring).
 
     Args:
@@ -408,7 +629,8 @@ def submit(task: str, models: str | os.PathLike | Sequence[str | os.PathLike], a
         audio: An audio folder (searched recursively) or audio files.
         out: The run file to write.
         metadata: BirdCLEF XML folder or metadata CSV giving each file's MediaId
-            (default: the file's stem).
+            (default: the file's stem) and, for members with metadata input, its date,
+            time, latitude, longitude and elevation (see the module docstring).
         class_ids: CSV ``label,class_id`` (default: the first model's
             ``assets.extra/labels.csv``, else the labels).
         pooling: Monophone per-file pooling of window scores (default ``median``);
@@ -424,13 +646,16 @@ def submit(task: str, models: str | os.PathLike | Sequence[str | os.PathLike], a
         force: Replace an existing ``out``.
         log: Where messages go.
         progress: Show a progress bar.
+        weights: A ``weights.json`` of ``birdnet-tf ensemble``: the window scores are
+            combined by the weighted mean, the i-th model getting the weight of the i-th
+            model listed in the file (:func:`read_submit_weights`); default the plain mean.
 
     Returns:
         ``out``.
 
     Raises:
-        BirdnetError: A bad argument, model, metadata or class-id file; ``out`` exists
-            without ``force``; no recording could be scored.
+        BirdnetError: A bad argument, model, metadata, weights or class-id file; ``out``
+            exists without ``force``; no recording could be scored.
     """
     from tqdm.auto import tqdm
 
@@ -453,6 +678,12 @@ def submit(task: str, models: str | os.PathLike | Sequence[str | os.PathLike], a
     pooling = pooling or DEFAULT_POOLING
     pool(np.zeros((1, 1)), pooling)  # validates the name before any work
     model_paths = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+    member_weights = None
+    if weights is not None:
+        member_weights, listed = read_submit_weights(weights, model_paths)
+        log(f"ensemble weights from {weights} (by position): "
+            + ", ".join(f"{m} {w:.4f}" + (f" ({name})" if str(name) != str(m) else "")
+                        for m, w, name in zip(model_paths, member_weights, listed)))
     inputs = [audio] if isinstance(audio, (str, os.PathLike)) else list(audio)
     files, problems = expand_inputs([str(i) for i in inputs])
     if not files:
@@ -468,6 +699,7 @@ def submit(task: str, models: str | os.PathLike | Sequence[str | os.PathLike], a
         log(f"dropping the class(es) {', '.join(x for x in labels if x not in kept)} from the run file "
             "(other scores are not renormalised)")
     ids, ids_from = resolve_class_ids(kept, class_ids, [m.path for m in members], log)
+    features = member_metadata(members, files, metadata, log)
 
     cfg = members[0].exported.config
     if task == "soundscape":
@@ -485,9 +717,11 @@ def submit(task: str, models: str | os.PathLike | Sequence[str | os.PathLike], a
         log(f"skipped: {path}: {reason}")
     failures = list(problems)
     rows: list[list] = []
-    for path in tqdm(files, desc=f"submit {task}", unit="file", disable=not progress or len(files) < 2):
+    for index, path in enumerate(tqdm(files, desc=f"submit {task}", unit="file",
+                                      disable=not progress or len(files) < 2)):
         try:
-            res = score_file(members, path, task, window_s, hop_s, max_windows, log=log)
+            res = score_file(members, path, task, window_s, hop_s, max_windows, log=log, weights=member_weights,
+                             metadata=[None if f is None else f[index] for f in features])
         except (AudioDecodeError, BirdnetError) as e:
             reason = str(e)
             log(f"skipped: {reason}")
@@ -507,6 +741,8 @@ def submit(task: str, models: str | os.PathLike | Sequence[str | os.PathLike], a
     n_files = table["file"].nunique()
     n_lines = n_files * min(len(kept), 100) if task == "monophone" else len(table) * min(len(kept), 100)
     what = f"ensemble of {len(members)} models" if len(members) > 1 else str(members[0].path)
+    if member_weights is not None:
+        what += f", weights from {weights}"
     log(f"wrote {out}: BirdCLEF {task} run, {n_files} file(s), {n_lines} lines ({what}; "
         f"{'pooling ' + pooling + ', ' if task == 'monophone' else ''}"
         f"{window_s:g}-s windows every {hop_s:g} s; ClassId from {ids_from}; "
