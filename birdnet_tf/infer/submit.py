@@ -319,8 +319,9 @@ def read_recording_metadata(metadata: str | os.PathLike) -> pd.DataFrame:
 
 def match_recording_metadata(files: Sequence[str], table: pd.DataFrame,
                              source: object = "metadata") -> tuple[pd.DataFrame, np.ndarray]:
-    """The metadata row of each audio file, matched as MediaIds are: by file name, then by stem
-    (when the stem belongs to one entry only).
+    """The metadata row of each audio file: entries of one file name must agree, then files are
+    matched as ``predict --metadata`` matches them (:func:`birdnet_tf.infer.predict.match_metadata`:
+    by path, file name, or a stem no other entry shares).
 
     Args:
         files: Audio file paths.
@@ -338,6 +339,8 @@ def match_recording_metadata(files: Sequence[str], table: pd.DataFrame,
         return tuple(None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else str(v).strip()
                      for v in (row.get(f, pd.NA) for f in FIELDS))
 
+    from birdnet_tf.infer.predict import match_metadata
+
     by_name: dict[str, tuple] = {}
     for row in table.to_dict("records"):
         name, values = str(row["file"]), values_of(row)
@@ -345,17 +348,11 @@ def match_recording_metadata(files: Sequence[str], table: pd.DataFrame,
             raise BirdnetError(f"{source}: file {name!r} has two metadata entries with different values "
                                f"({by_name[name]} and {values})")
         by_name[name] = values
-    stems: dict[str, set[tuple]] = {}
-    for name, values in by_name.items():
-        stems.setdefault(Path(name).stem, set()).add(values)
-    keyed = dict(by_name)
-    for stem, options in stems.items():
-        if len(options) == 1 and stem not in keyed:
-            keyed[stem] = next(iter(options))
-    found = [keyed.get(Path(f).name, keyed.get(Path(f).stem)) for f in files]
-    rows = pd.DataFrame([[pd.NA if v is None else v for v in (values or (None,) * len(FIELDS))] for values in found],
-                        columns=list(FIELDS), index=range(len(files)), dtype=object)
-    return rows, np.array([values is not None for values in found], bool)
+    # one entry per file name, then predict's matching (path, file name, stem shared by no other entry)
+    unique = pd.DataFrame([[name, *(pd.NA if v is None else v for v in values)] for name, values in by_name.items()],
+                          columns=["file", *FIELDS], dtype=object)
+    rows, matched = match_metadata(list(map(str, files)), unique)
+    return rows[list(FIELDS)], matched
 
 
 def member_metadata(members: Sequence[Member], files: Sequence[str], metadata: str | os.PathLike | None,
