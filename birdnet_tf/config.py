@@ -134,9 +134,13 @@ class TrainConfig:
     momentum: float = 0.9  # sgd and nesterov only; 0 = plain SGD
     learning_rate: float = 3e-3
     min_learning_rate: float = 1e-5  # end of cosine / linear; floor of step / root
-    schedule: str = "cosine"  # cosine | constant | step | linear | root (lr / sqrt(epoch), the 2018 baseline's)
+    # cosine | constant | step | linear | root (lr / sqrt(epoch), the 2018 baseline's) | plateau (OFAI's:
+    # × lr_step_factor when train.monitor has not improved for lr_plateau_patience epochs, at most lr_plateau_drops times)
+    schedule: str = "cosine"
     lr_step_epochs: float = 10.0  # step: multiply the learning rate by lr_step_factor every this many epochs
     lr_step_factor: float = 0.1
+    lr_plateau_patience: int = 3  # plateau: epochs without improvement of train.monitor before a drop
+    lr_plateau_drops: int = 3  # plateau: most drops (OFAI: 3)
     warmup_epochs: float = 1.0  # every schedule: linear ramp from 0.1 × learning_rate over these epochs
     weight_decay: float = 1e-4  # decoupled (AdamW-style) decay, applied by every optimizer; 0 = off
     init_weights: str = ""  # a .keras model or .weights.h5 to start a new run from (not applied on resume)

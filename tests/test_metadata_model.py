@@ -310,14 +310,14 @@ def test_interrupted_metadata_run_resumes_with_its_saved_encoder(tmp_path, monke
     real_callbacks = trainer._callbacks_module
 
     def interrupting_callbacks():
-        FileValidation, RunCheckpoint = real_callbacks()
+        FileValidation, RunCheckpoint, *others = real_callbacks()
 
         class InterruptingCheckpoint(RunCheckpoint):
             def on_epoch_begin(self, epoch, logs=None):
                 if epoch == 1:
                     raise KeyboardInterrupt
 
-        return FileValidation, InterruptingCheckpoint
+        return FileValidation, InterruptingCheckpoint, *others
 
     monkeypatch.setattr(trainer, "_callbacks_module", interrupting_callbacks)
     with pytest.raises(KeyboardInterrupt):

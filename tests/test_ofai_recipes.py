@@ -32,7 +32,7 @@ def test_audio_recipe_has_the_seeds_settings():
     assert (cfg.model.name, cfg.model.width, cfg.model.dense_units, cfg.model.dropout) == ("ismir2016", 1.0, 256, 0.5)
     assert cfg.model.temporal_pooling == "logmeanexp:1"
     assert (cfg.train.optimizer, cfg.train.learning_rate, cfg.data.batch_size) == ("adam", 1e-3, 16)
-    assert (cfg.train.schedule, cfg.train.lr_step_factor) == ("step", 0.1)
+    assert (cfg.train.schedule, cfg.train.lr_step_factor, cfg.train.lr_plateau_drops) == ("plateau", 0.1, 3)
     assert cfg.metadata.use == "none"
 
 

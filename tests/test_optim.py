@@ -297,3 +297,54 @@ def test_train_fine_tune_from_best_keras(trained_synthetic, tmp_path):
         train(tiny_cfg(f"train.init_weights={tmp_path / 'missing.keras'}"), trained_synthetic.prepared,
               tmp_path / "run2", workers=1, evaluate=False, log=lambda s: None)
     assert not (tmp_path / "run2").exists()
+
+
+# ------------------------------------------------------------------ plateau (OFAI)
+def test_plateau_decay_drops_after_patience_at_most_drops_times_and_warms_up():
+    from birdnet_tf.train.trainer import _callbacks_module
+
+    cfg = tiny_cfg("train.schedule=plateau", "train.learning_rate=0.01", "train.min_learning_rate=0.00005")
+    assert make_schedule(cfg, 10) == 0.01  # a plain rate: the callback lowers it
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=make_optimizer(cfg, 10), loss="mse")
+    PlateauDecay = _callbacks_module()[2]
+    state, messages = {}, []
+    cb = PlateauDecay("val_x", patience=2, factor=0.1, drops=2, base_lr=0.01, min_lr=5e-5, warmup_steps=4,
+                      state=state, log=messages.append)
+    cb.set_model(model)
+    opt = model.optimizer
+    for step, want in ((0, 0.001), (2, 0.0055), (4, 0.01)):  # warm-up ramp from 0.1x, then the level
+        opt.iterations.assign(step)
+        cb.on_train_batch_begin(0)
+        assert float(opt.learning_rate.numpy()) == approx(want)
+    seen = []
+    for epoch, value in enumerate([0.5, 0.4, 0.45, 0.6, 0.6, 0.3, 0.2, 0.1, 0.1]):
+        logs = {"val_x": value}
+        cb.on_epoch_end(epoch, logs)
+        seen.append(logs["learning_rate"])
+    # no improvement for 2 epochs after 0.5 -> 1e-3; after 0.6 two more -> 1e-4; then capped at 2 drops
+    assert seen == [approx(x) for x in (0.01, 0.01, 0.001, 0.001, 0.001, 0.0001, 0.0001, 0.0001, 0.0001)]
+    assert state["plateau"] == {"best": 0.6, "wait": 3, "drops": 2}
+    assert len(messages) == 2 and "drop 2 of 2" in messages[1]
+    # a rate floor
+    state2 = {"plateau": {"best": 1.0, "wait": 0, "drops": 0}}
+    cb2 = PlateauDecay("val_x", 1, 0.001, 3, 0.01, 5e-5, 0, state2, log=lambda m: None)
+    cb2.set_model(model)
+    cb2.on_epoch_end(0, {"val_x": 0.5})
+    assert float(opt.learning_rate.numpy()) == approx(5e-5)
+
+
+def test_train_with_plateau_schedule_records_its_counters(trained_synthetic, tmp_path):
+    cfg = tiny_cfg("train.schedule=plateau", "train.lr_plateau_patience=1", "train.epochs=3",
+                   "train.steps_per_epoch=2", "train.learning_rate=0.01", "train.warmup_epochs=0")
+    train(cfg, trained_synthetic.prepared, tmp_path / "run", workers=1, evaluate=False, log=lambda s: None)
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    p = state["plateau"]
+    assert set(p) == {"best", "wait", "drops"} and p["best"] == approx(state["best"])
+    model = load_keras_model(tmp_path / "run" / "checkpoints" / "last.keras")
+    # the saved optimizer holds the decayed rate, so a resumed run goes on from it
+    assert float(model.optimizer.learning_rate) == approx(0.01 * 0.1 ** p["drops"])
+    history = __import__("pandas").read_csv(tmp_path / "run" / "history.csv")
+    assert "learning_rate" in history.columns and len(history) == 3
+    with pytest.raises(ConfigError, match="plateau"):
+        make_schedule(tiny_cfg("train.schedule=plateau", "train.lr_plateau_patience=0"), 10)

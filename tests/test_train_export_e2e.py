@@ -220,14 +220,14 @@ def test_interrupted_run_resumes_after_last_finished_epoch(trained_synthetic, tm
     real_callbacks = trainer._callbacks_module
 
     def interrupting_callbacks():
-        FileValidation, RunCheckpoint = real_callbacks()
+        FileValidation, RunCheckpoint, *others = real_callbacks()
 
         class InterruptingCheckpoint(RunCheckpoint):
             def on_epoch_begin(self, epoch, logs=None):
                 if epoch == 1:
                     raise KeyboardInterrupt
 
-        return FileValidation, InterruptingCheckpoint
+        return FileValidation, InterruptingCheckpoint, *others
 
     monkeypatch.setattr(trainer, "_callbacks_module", interrupting_callbacks)
     rc = main(argv)

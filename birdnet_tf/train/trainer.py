@@ -210,7 +210,7 @@ def register_schedules() -> dict[str, type]:
 
 _SCHEDULES: dict[str, type] = {}
 
-SCHEDULES = ("cosine", "constant", "step", "linear", "root")
+SCHEDULES = ("cosine", "constant", "step", "linear", "root", "plateau")
 OPTIMIZERS = ("adamw", "adam", "sgd", "nesterov")
 
 
@@ -236,6 +236,13 @@ def make_schedule(cfg: Config, steps_per_epoch: int):
     if t.schedule == "step" and (t.lr_step_epochs <= 0 or not 0 < t.lr_step_factor <= 1):
         raise ConfigError(f"train.schedule=step needs train.lr_step_epochs > 0 and 0 < train.lr_step_factor <= 1 "
                           f"(got {t.lr_step_epochs}, {t.lr_step_factor})")
+    if t.schedule == "plateau" and (t.lr_plateau_patience < 1 or t.lr_plateau_drops < 0
+                                    or not 0 < t.lr_step_factor <= 1):
+        raise ConfigError(f"train.schedule=plateau needs train.lr_plateau_patience >= 1, train.lr_plateau_drops >= 0 "
+                          f"and 0 < train.lr_step_factor <= 1 (got {t.lr_plateau_patience}, {t.lr_plateau_drops}, "
+                          f"{t.lr_step_factor})")
+    if t.schedule == "plateau":  # a plain rate the PlateauDecay callback lowers (and ramps during warm-up)
+        return float(t.learning_rate)
     steps_per_epoch = max(1, int(steps_per_epoch))
     total = max(1, t.epochs * steps_per_epoch)
     warm = min(int(round(t.warmup_epochs * steps_per_epoch)), total - 1)
@@ -444,7 +451,51 @@ def _callbacks_module():
                 write_json_atomic(self.paths.state, self.state)
                 self.model.stop_training = True
 
-    return FileValidation, RunCheckpoint
+    class PlateauDecay(keras.callbacks.Callback):
+        """OFAI's learning-rate decay (``train.schedule=plateau``): the rate is multiplied by
+        ``factor`` when ``monitor`` has not improved for ``patience`` epochs, at most ``drops``
+        times, never below ``min_lr``; during the first ``warmup_steps`` optimizer steps it ramps
+        linearly from 0.1 × to 1 × the current level. Its counters live in ``state["plateau"]``
+        (saved to ``state.json`` by :class:`RunCheckpoint`, which must come after it) and the
+        rate itself in the optimizer, so a resumed run goes on where it stopped."""
+
+        def __init__(self, monitor: str, patience: int, factor: float, drops: int, base_lr: float,
+                     min_lr: float, warmup_steps: int, state: dict, log=print):
+            super().__init__()
+            self.monitor, self.patience, self.factor, self.max_drops = monitor, patience, factor, drops
+            self.base_lr, self.min_lr, self.warmup_steps = base_lr, min_lr, int(warmup_steps)
+            self.state, self.log = state, log
+            self.state.setdefault("plateau", {"best": None, "wait": 0, "drops": 0})
+
+        @property
+        def level(self) -> float:
+            return max(self.min_lr, self.base_lr * self.factor ** self.state["plateau"]["drops"])
+
+        def on_train_batch_begin(self, batch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy())
+            if step < self.warmup_steps:
+                self.model.optimizer.learning_rate.assign(self.level * (0.1 + 0.9 * step / self.warmup_steps))
+            elif step == self.warmup_steps:
+                self.model.optimizer.learning_rate.assign(self.level)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            p = self.state["plateau"]
+            value = logs.get(self.monitor)
+            if value is None or math.isnan(float(value)):
+                return  # RunCheckpoint reports a missing or NaN monitor
+            if p["best"] is None or float(value) > p["best"]:
+                p.update(best=float(value), wait=0)
+            else:
+                p["wait"] += 1
+                if p["wait"] >= self.patience and p["drops"] < self.max_drops:
+                    p.update(drops=p["drops"] + 1, wait=0)
+                    self.model.optimizer.learning_rate.assign(self.level)
+                    self.log(f"plateau: {self.monitor} did not improve for {self.patience} epochs; learning rate "
+                             f"× {self.factor:g} → {self.level:.3g} (drop {p['drops']} of {self.max_drops})")
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+
+    return FileValidation, RunCheckpoint, PlateauDecay
 
 
 def _atomic_save(model, path: Path) -> None:
@@ -635,9 +686,14 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         set_noise_bank(model, list(train_df["wav_path"]), cfg, log)
     _trim_history(paths.history, initial_epoch)
 
-    FileValidation, RunCheckpoint = _callbacks_module()
+    FileValidation, RunCheckpoint, PlateauDecay = _callbacks_module()
+    t = cfg.train
+    plateau = [] if t.schedule != "plateau" else [PlateauDecay(
+        t.monitor, t.lr_plateau_patience, t.lr_step_factor, t.lr_plateau_drops, t.learning_rate, t.min_learning_rate,
+        min(int(round(t.warmup_epochs * steps)), max(0, t.epochs * steps - 1)), state, log)]
     callbacks = [
         FileValidation(windows, val_primary, val_bg, val_targets, cfg.data.file_pooling, cfg.train.loss),
+        *plateau,  # before RunCheckpoint, which saves its counters
         RunCheckpoint(paths, cfg.train.monitor, cfg.train.early_stopping_patience, state),
         keras.callbacks.CSVLogger(str(paths.history), append=True),
         keras.callbacks.TensorBoard(log_dir=str(paths.logs), write_graph=False, profile_batch=0),
