@@ -210,3 +210,26 @@ def real_subset(tmp_path, xc_pr20):
         return root
 
     return make
+
+
+def interrupt_training_at_epoch_2(monkeypatch):
+    """Makes training raise KeyboardInterrupt (Ctrl-C) as epoch 2 begins, after epoch 1 was saved.
+
+    Returns a function that undoes it, so the same test can resume the run.
+    """
+    from birdnet_tf.train import trainer
+
+    real_callbacks = trainer._callbacks_module
+
+    def interrupting_callbacks():
+        FileValidation, RunCheckpoint, *others = real_callbacks()
+
+        class InterruptingCheckpoint(RunCheckpoint):
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == 1:
+                    raise KeyboardInterrupt
+
+        return FileValidation, InterruptingCheckpoint, *others
+
+    monkeypatch.setattr(trainer, "_callbacks_module", interrupting_callbacks)
+    return lambda: monkeypatch.setattr(trainer, "_callbacks_module", real_callbacks)

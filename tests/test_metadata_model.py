@@ -17,7 +17,7 @@ import soundfile as sf
 
 tf = pytest.importorskip("tensorflow")
 
-from conftest import TINY_SETTINGS, run_cli, tiny_set_args  # noqa: E402
+from conftest import TINY_SETTINGS, interrupt_training_at_epoch_2, run_cli, tiny_set_args  # noqa: E402
 
 from birdnet_tf.config import Config, read_config_json  # noqa: E402
 from birdnet_tf.errors import BirdnetError, ConfigError  # noqa: E402
@@ -307,23 +307,11 @@ def test_interrupted_metadata_run_resumes_with_its_saved_encoder(tmp_path, monke
     data = write_meta_dataset(tmp_path / "data", per_class=3, val_per_class=1)
     cfg = Config().replace([*TINY_SETTINGS, "metadata.use=only", "metadata.hidden=8", "train.epochs=2",
                             "train.steps_per_epoch=2"])
-    real_callbacks = trainer._callbacks_module
-
-    def interrupting_callbacks():
-        FileValidation, RunCheckpoint, *others = real_callbacks()
-
-        class InterruptingCheckpoint(RunCheckpoint):
-            def on_epoch_begin(self, epoch, logs=None):
-                if epoch == 1:
-                    raise KeyboardInterrupt
-
-        return FileValidation, InterruptingCheckpoint, *others
-
-    monkeypatch.setattr(trainer, "_callbacks_module", interrupting_callbacks)
+    resume_normally = interrupt_training_at_epoch_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(cfg, data, tmp_path / "run", workers=1, evaluate=False, log=lambda m: None)
     encoder = (tmp_path / "run" / METADATA_ENCODER_FILENAME).read_bytes()
-    monkeypatch.setattr(trainer, "_callbacks_module", real_callbacks)
+    resume_normally()
     logs = []
     summary = trainer.train(cfg, data, tmp_path / "run", workers=1, evaluate=False, log=logs.append)
     assert summary["epochs"] == 2 and summary["epochs_run"] == 1

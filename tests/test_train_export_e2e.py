@@ -15,7 +15,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from conftest import SYNTH_CLASSES, run_cli, tiny_set_args  # noqa: E402
+from conftest import SYNTH_CLASSES, interrupt_training_at_epoch_2, run_cli, tiny_set_args  # noqa: E402
 
 import birdnet_tf  # noqa: E402
 from birdnet_tf.cli import main  # noqa: E402
@@ -210,26 +210,12 @@ def test_refuses_non_run_folder_that_is_not_empty(trained_synthetic, tmp_path, c
 
 def test_interrupted_run_resumes_after_last_finished_epoch(trained_synthetic, tmp_path, monkeypatch, capsys):
     """Ctrl-C during epoch 2 of 2, then the same command again: only epoch 2 runs."""
-    from birdnet_tf.train import trainer
-
     prepared = trained_synthetic.prepared
     run = tmp_path / "run"
     argv = ["train", "--data", str(prepared), "--out", str(run), "--no-eval",
             *tiny_set_args(["train.epochs=2", "train.steps_per_epoch=2"])]
 
-    real_callbacks = trainer._callbacks_module
-
-    def interrupting_callbacks():
-        FileValidation, RunCheckpoint, *others = real_callbacks()
-
-        class InterruptingCheckpoint(RunCheckpoint):
-            def on_epoch_begin(self, epoch, logs=None):
-                if epoch == 1:
-                    raise KeyboardInterrupt
-
-        return FileValidation, InterruptingCheckpoint, *others
-
-    monkeypatch.setattr(trainer, "_callbacks_module", interrupting_callbacks)
+    resume_normally = interrupt_training_at_epoch_2(monkeypatch)
     rc = main(argv)
     captured = capsys.readouterr()
     assert rc == 130 and "run the same command again to resume" in captured.err
@@ -238,7 +224,7 @@ def test_interrupted_run_resumes_after_last_finished_epoch(trained_synthetic, tm
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0]
     assert not (run / "checkpoints" / "epoch_002.weights.h5").exists()
 
-    monkeypatch.setattr(trainer, "_callbacks_module", real_callbacks)
+    resume_normally()
     rc = main(argv)
     out = capsys.readouterr().out
     assert rc == 0

@@ -466,13 +466,17 @@ def _callbacks_module():
             self.base_lr, self.min_lr, self.warmup_steps = base_lr, min_lr, int(warmup_steps)
             self.state, self.log = state, log
             self.state.setdefault("plateau", {"best": None, "wait": 0, "drops": 0})
+            self.warmed_up = self.warmup_steps <= 0
 
         @property
         def level(self) -> float:
             return max(self.min_lr, self.base_lr * self.factor ** self.state["plateau"]["drops"])
 
         def on_train_batch_begin(self, batch, logs=None):
+            if self.warmed_up:  # no per-step work after the warm-up
+                return
             step = int(self.model.optimizer.iterations.numpy())
+            self.warmed_up = step >= self.warmup_steps
             if step < self.warmup_steps:
                 self.model.optimizer.learning_rate.assign(self.level * (0.1 + 0.9 * step / self.warmup_steps))
             elif step == self.warmup_steps:
