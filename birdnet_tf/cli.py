@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from birdnet_tf import __version__
-from birdnet_tf.errors import BirdnetError
+from birdnet_tf.errors import BirdnetError, about
 
 DEFAULT_RECIPE = "pipelines/default.yaml"
 
@@ -176,7 +176,7 @@ def cmd_predict(args) -> int:
     _log(f"wrote {where}: {args.format} for {n_files} file(s), {len(table)} score rows"
          + (f"; {len(failures)} input(s) skipped:" if failures else ""))
     for path, reason in failures:
-        _log(f"  {path}: {reason}")
+        _log(f"  {about(path, reason)}")
     return 0
 
 

@@ -272,7 +272,10 @@ def check_replaceable(out: str | os.PathLike, markers: tuple[str, ...], what: st
     if missing:
         raise BirdnetError(f"{out}: is not a {what} written by birdnet-tf (no {missing[0]}); "
                            "--force only replaces one — choose another --out")
+    own = {m.split("/")[0] for m in markers if "/" in m}  # subfolders the output itself has (assets.extra)
     for sub in out.iterdir():
+        if sub.name in own:
+            continue
         if sub.is_dir() and not sub.is_symlink() and any((sub / m).exists() for m in OUTPUT_MARKERS):
             raise BirdnetError(f"{out}: holds other birdnet-tf outputs (e.g. {sub.name}/); "
                                "--force never replaces a parent of runs or exports — choose another --out")

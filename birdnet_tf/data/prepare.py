@@ -29,10 +29,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from birdnet_tf.data.audio import load_audio, read_wav_header, write_wav16
-from birdnet_tf.fileio import entry_problem, remove_stale_parts, write_json_atomic
+from birdnet_tf.data.audio import iter_audio, read_wav_header
+from birdnet_tf.fileio import atomic_path, entry_problem, remove_stale_parts, write_json_atomic
 from birdnet_tf.errors import BirdnetError
 
 __all__ = ["MARKER_NAME", "REPORT_NAME", "PrepareResult", "prepare", "output_path_for"]
@@ -139,14 +140,50 @@ def _convert_one(source: str, output: str, sample_rate_hz: int) -> tuple[float |
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            audio, rate = load_audio(source, sample_rate_hz)
             out = Path(output)
             out.parent.mkdir(parents=True, exist_ok=True)
-            write_wav16(out, audio, rate)
-            result: tuple[float | None, str | None] = (audio.shape[0] / rate, None)
+            n = stream_wav16(lambda: iter_audio(source, sample_rate_hz, clip=False), out, sample_rate_hz)
+            result: tuple[float | None, str | None] = (n / sample_rate_hz, None)
         except Exception as e:  # noqa: BLE001 - one file must never stop the job
             result = (None, failure_reason(e, source))
     return result[0], result[1], [_one_line(str(w.message)) for w in caught]
+
+
+def stream_wav16(blocks: Callable[[], Iterable[np.ndarray]], path: Path, sample_rate_hz: int) -> int:
+    """Writes the float blocks of ``blocks()`` as a mono 16-bit PCM WAV (canonical 44-byte
+    header), atomically, holding one block in memory whatever the recording's length.
+
+    Like :func:`~birdnet_tf.data.audio.write_wav16`, a signal whose peak exceeds 1 is scaled
+    down by its peak rather than clipped: the peak is known only at the end, so such a
+    file (a float WAV, a codec's overshoot) is decoded a second time. Returns the sample count.
+    """
+    import struct
+
+    def header(n: int) -> bytes:
+        return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + 2 * n, b"WAVE", b"fmt ", 16, 1, 1,
+                           sample_rate_hz, sample_rate_hz * 2, 2, 16, b"data", 2 * n)
+
+    def write(tmp: Path, scale: float) -> tuple[int, float]:
+        n, peak = 0, 0.0
+        with open(tmp, "wb") as f:
+            f.write(header(0))
+            for block in blocks():
+                x = np.asarray(block, np.float32)
+                if x.size:
+                    peak = max(peak, float(np.max(np.abs(x))))
+                    f.write(np.rint(np.clip(x * np.float32(scale), -32767.0, 32767.0)).astype("<i2").tobytes())
+                    n += x.size
+            if 2 * n + 36 >= 2**32:
+                raise BirdnetError(f"{path}: too long for a WAV file ({n / sample_rate_hz / 3600:.1f} h)")
+            f.seek(0)
+            f.write(header(n))
+        return n, peak
+
+    with atomic_path(path) as tmp:
+        n, peak = write(tmp, 32767.0)
+        if peak > 1.0:
+            n, _ = write(tmp, 32767.0 / peak)
+    return n
 
 
 def _valid_output(path: Path, sample_rate_hz: int) -> float | None:

@@ -95,6 +95,13 @@ def check_run_folder(paths: RunPaths, cfg: Config) -> bool:
     return True
 
 
+def check_classes(labels, data_dir: Path) -> None:
+    """Refuses a dataset of one class: a classifier needs two (one softmax output scores 1.0 always)."""
+    if len(labels) < 2:
+        raise BirdnetError(f"{data_dir}: the dataset has {len(labels)} class ({', '.join(labels) or 'none'}); "
+                           "a classifier needs at least two — add recordings of another species")
+
+
 def check_input_length(cfg: Config) -> None:
     """Refuses an excerpt shorter than the model's receptive field, before anything is written."""
     from birdnet_tf.models.build import build_model, min_samples
@@ -627,6 +634,7 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         log(f"resuming {paths.root} after epoch {state.get('epoch', 0)}")
     else:
         labels = LabelSet.from_catalog(catalog)
+        check_classes(labels, data_dir)
         train_df, val_df = split_catalog(catalog, cfg.data.val_fraction, cfg.data.seed, cfg.data.split_by)
         if cfg.train.init_weights:  # checked before anything is written, applied once the model is built
             init_weights = read_init_weights(cfg, len(labels), log)
@@ -877,6 +885,7 @@ def _setup_chunk_run(cfg: Config, index, data_dir: Path, paths: RunPaths, resume
         log(f"resuming {paths.root} after epoch {json.loads(paths.state.read_text()).get('epoch', 0) if paths.state.exists() else 0}")
         return labels, files[files["split"] == "train"], files[files["split"] == "val"], None
     labels = LabelSet.from_catalog(files)
+    check_classes(labels, data_dir)
     # extract writes split "all" when its dataset had no split: then split the files here
     table = files.drop(columns="split") if (files["split"] == "all").all() else files
     train_df, val_df = split_catalog(table, cfg.data.val_fraction, cfg.data.seed, cfg.data.split_by)
