@@ -268,10 +268,6 @@ def check_replaceable(out: str | os.PathLike, markers: tuple[str, ...], what: st
         return
     if not force:
         raise BirdnetError(f"{out}: already exists and is not empty; choose another --out or pass --force")
-    missing = [m for m in markers if not (out / m).is_file()]
-    if missing:
-        raise BirdnetError(f"{out}: is not a {what} written by birdnet-tf (no {missing[0]}); "
-                           "--force only replaces one — choose another --out")
     own = {m.split("/")[0] for m in markers if "/" in m}  # subfolders the output itself has (assets.extra)
     for sub in out.iterdir():
         if sub.name in own:
@@ -279,6 +275,10 @@ def check_replaceable(out: str | os.PathLike, markers: tuple[str, ...], what: st
         if sub.is_dir() and not sub.is_symlink() and any((sub / m).exists() for m in OUTPUT_MARKERS):
             raise BirdnetError(f"{out}: holds other birdnet-tf outputs (e.g. {sub.name}/); "
                                "--force never replaces a parent of runs or exports — choose another --out")
+    missing = [m for m in markers if not (out / m).is_file()]
+    if missing:
+        raise BirdnetError(f"{out}: is not a {what} written by birdnet-tf (no {missing[0]}); "
+                           "--force only replaces one — choose another --out")
 
 
 def _exchange(a: str, b: str) -> bool:

@@ -129,7 +129,7 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | 
     if not model_path.is_file():
         raise BirdnetError(f"{model_path}: no model to evaluate (has training finished an epoch?)")
     if out_dir is not None and Path(out_dir).resolve() != (run_dir / "eval").resolve():
-        check_replaceable(out_dir, ("report.json",), "evaluation report", force)  # before any work
+        check_replaceable(out_dir, ("report.json",), "report folder", force)  # before any work
     cfg, extra = read_config_json(run_dir / "config.json")
     pooling = pooling or cfg.data.file_pooling
     pool(np.zeros((1, 1)), pooling)  # validates the name before any work
