@@ -79,7 +79,8 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": str(Path(args.code).resolve()), "CUDA_VISIBLE_DEVICES": ""}
     t0 = time.time()
     argv = ["birdnet-tf", "prepare", str(work / "data"), "--out", str(out), "--workers", "1", "--no-progress"]
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, *argv], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, *argv], env=env, capture_output=True, text=True,
+                          cwd=work)  # not this folder: "-c" puts the working folder first on sys.path
     wall = time.time() - t0
     peaks = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("PEAK_KIB ")]
     peak_mb = max(peaks) / 1024 if peaks else float("nan")
