@@ -253,10 +253,18 @@ def test_export_refuses_non_empty_out_without_force(trained_synthetic, tmp_path,
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert not list(tmp_path.glob(".*partial"))
 
+    # --force replaces only a folder this package wrote: a folder of someone else's files stays
     rc = main(["export", str(trained_synthetic.run), "--out", str(out), "--force"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(out) in err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+    # ... while an earlier export is replaced whole
+    assert main(["export", str(trained_synthetic.run), "--out", str(tmp_path / "exp2")]) == 0
+    (tmp_path / "exp2" / "stale.txt").write_text("x")
     capsys.readouterr()
-    assert rc == 0
-    assert (out / "saved_model.pb").is_file() and not (out / "keep.txt").exists()
+    assert main(["export", str(trained_synthetic.run), "--out", str(tmp_path / "exp2"), "--force"]) == 0
+    assert (tmp_path / "exp2" / "saved_model.pb").is_file() and not (tmp_path / "exp2" / "stale.txt").exists()
 
 
 def test_predict_refuses_existing_out_without_force(trained_synthetic, tmp_path, capsys):
