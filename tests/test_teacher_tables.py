@@ -1,0 +1,146 @@
+"""Teacher tables (issue 11, items 3-4): readers, name mapping, thresholded tables, BirdNET runner,
+and the soundscape helpers of the distillation benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from birdnet_tf.distill.names import SpeciesMatcher, split_birdnet_label
+from birdnet_tf.distill.tables import match_table_files, pool_windows, read_teacher_table, result_file_stem
+from birdnet_tf.errors import BirdnetError
+
+LABELS = ["Turdus plumbeus", "Amazona vittata", "Setophaga adelaidae"]
+BOM = "\ufeff"
+
+
+def _log():
+    lines: list[str] = []
+    return lines, lines.append
+
+
+def _analyzer_rows(file: str | None, rows: list[tuple[float, float, str, str, float]]) -> str:
+    head = "Start (s),End (s),Scientific name,Common name,Confidence" + (",File" if file is not None else "")
+    out = [head]
+    for start, end, sci, com, conf in rows:
+        out.append(f"{start},{end},{sci},{com},{conf}" + (f",{file}" if file is not None else ""))
+    return "\n".join(out) + "\n"
+
+
+def test_birdnet_label_names_split_and_match_case_spacing_and_common_fallback():
+    assert split_birdnet_label("Turdus plumbeus_Red-legged Thrush") == ("Turdus plumbeus", "Red-legged Thrush")
+    m = SpeciesMatcher(LABELS, {"Setophaga adelaidae": "Adelaide's Warbler"})
+    assert m.match("turdus  PLUMBEUS") == 0
+    assert m.match("Turdus_plumbeus") == 0
+    assert m.match("Amazona vittata_Puerto Rican Parrot") == 1
+    assert m.match("Dendroica adelaidae", "adelaide's warbler") == 2  # old genus: common-name fallback
+    assert m.match("Setophaga adelaidae_Adelaide's Warbler") == 2
+    assert m.match("Corvus corax_Common Raven", count=3) is None
+    assert m.unmapped() == [("Corvus corax_Common Raven", 3)]
+
+
+def test_analyzer_csv_with_bom_and_file_column_thresholded_cells_are_unknown(tmp_path):
+    p = tmp_path / "combined.csv"
+    text = _analyzer_rows("/data/audio/XC1.mp3", [
+        (0, 3, "Turdus plumbeus", "Red-legged Thrush", 0.91),
+        (3, 6, "Turdus plumbeus", "Red-legged Thrush", 0.40),
+        (3, 6, "Corvus corax", "Common Raven", 0.30),
+    ]) + _analyzer_rows("/data/audio/XC2.mp3", [(0, 3, "Amazona vittata", "Puerto Rican Parrot", 0.5)]).split("\n", 1)[1]
+    p.write_text(BOM + text, encoding="utf-8")
+    lines, log = _log()
+    t = read_teacher_table(p, LABELS, log)
+    assert t.files == ["/data/audio/XC1.mp3", "/data/audio/XC2.mp3"]
+    assert not t.complete
+    assert any("looks thresholded" in ln and "unknown" in ln for ln in lines)
+    assert any("Corvus corax (1)" in ln for ln in lines)  # unmapped, reported once with its count
+    np.testing.assert_allclose(t.start_s, [0, 3, 0])
+    np.testing.assert_allclose(t.scores[:, 0], [0.91, 0.40, 0])
+    # Absent cells are unknown, not zero: Amazona vittata was not written for XC1's windows.
+    assert t.known.tolist() == [[True, False, False], [True, False, False], [False, True, False]]
+    assert t.class_known.tolist() == [True, True, False]
+
+
+def test_analyzer_folder_without_file_column_names_files_after_the_result_files(tmp_path):
+    assert result_file_stem("XC1192.BirdNET.results.csv") == "XC1192"
+    assert result_file_stem("XC1192.BirdNET.selection.table.txt") == "XC1192"
+    for stem, conf in (("XC1", 0.005), ("XC2", 0.2)):
+        rows = [(s, s + 3, sci, com, conf if k == 0 else 0.0001) for s in (0.0, 3.0)
+                for k, (sci, com) in enumerate([("Turdus plumbeus", "Red-legged Thrush"),
+                                                ("Amazona vittata", "Puerto Rican Parrot")])]
+        (tmp_path / f"{stem}.BirdNET.results.csv").write_text(_analyzer_rows(None, rows), encoding="utf-8")
+    lines, log = _log()
+    t = read_teacher_table(tmp_path, LABELS, log)
+    assert t.files == ["XC1", "XC2"] and len(t.start_s) == 4
+    assert t.complete and not any("thresholded" in ln for ln in lines)
+    # Complete: every mapped class known in every window; an unmapped class never.
+    assert t.known[:, :2].all() and not t.known[:, 2].any()
+    assert match_table_files(t, ["/x/audio/XC2.mp3", "audio/XC1.wav", "XC3.mp3"]) == \
+        {"/x/audio/XC2.mp3": 1, "audio/XC1.wav": 0}
+
+
+def test_raven_selection_table_with_its_real_columns(tmp_path):
+    header = ("Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\t"
+              "Common Name\tSpecies Code\tConfidence\tBegin Path\tFile Offset (s)")
+    rows = ["1\tSpectrogram 1\t1\t0\t3.0\t0\t15000\tRed-legged Thrush\trelthr1\t0.8\t/a/XC7.wav\t0",
+            "2\tSpectrogram 1\t1\t6.0\t9.0\t0\t15000\tPuerto Rican Parrot\tpurpar1\t0.6\t/a/XC7.wav\t6.0",
+            "3\tSpectrogram 1\t1\t6.0\t9.0\t0\t15000\tBananaquit\tbanana\t0.3\t/a/XC7.wav\t6.0"]
+    p = tmp_path / "XC7.BirdNET.selection.table.txt"
+    p.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    lines, log = _log()
+    common = {"Turdus plumbeus": "Red-legged Thrush", "Amazona vittata": "Puerto Rican Parrot"}
+    t = read_teacher_table(p, LABELS, log, common_names=common)
+    assert t.files == ["/a/XC7.wav"] and not t.complete
+    np.testing.assert_allclose(t.scores, [[0.8, 0, 0], [0, 0.6, 0]])
+    assert t.known.tolist() == [[True, False, False], [False, True, False]]
+    assert any("Bananaquit" in ln or "banana" in ln for ln in lines)
+
+
+def test_birdnet_tf_window_csv_is_complete_and_pools_per_excerpt(tmp_path):
+    p = tmp_path / "windows.csv"
+    p.write_text("file,start_s,end_s,Turdus plumbeus,Setophaga adelaidae_Adelaide's Warbler,Corvus corax\n"
+                 "b.wav,3.0,6.0,0.2,0.1,0.9\n"
+                 "b.wav,0.0,3.0,0.6,0.3,0.9\n"
+                 "a.wav,0.0,3.0,0.1,,0.5\n", encoding="utf-8")
+    lines, log = _log()
+    t = read_teacher_table(p, LABELS, log)
+    assert t.files == ["b.wav", "a.wav"]
+    np.testing.assert_allclose(t.start_s, [0, 3, 0])  # sorted by file (first seen), then time
+    assert t.known.tolist() == [[True, False, True], [True, False, True], [True, False, False]]
+    assert not t.complete and any("empty cells" in ln for ln in lines)
+    assert any("Corvus corax (1)" in ln for ln in lines)
+    # An excerpt [2, 5) overlaps both windows of b.wav: max and overlap-weighted mean.
+    s, k = pool_windows(t, 0, 2.0, 5.0)
+    np.testing.assert_allclose(s, [0.6, 0, 0.3]) and None
+    assert k.tolist() == [True, False, True]
+    s, _ = pool_windows(t, 0, 2.0, 5.0, how="mean")
+    np.testing.assert_allclose(s, [(0.6 * 1 + 0.2 * 2) / 3, 0, (0.3 * 1 + 0.1 * 2) / 3], rtol=1e-6)
+    s, k = pool_windows(t, 1, 10.0, 13.0)  # beyond the table: nothing known
+    assert not k.any() and not s.any()
+
+
+def test_bad_tables_fail_with_their_messages(tmp_path):
+    with pytest.raises(BirdnetError, match="teacher table not found"):
+        read_teacher_table(tmp_path / "nope.csv", LABELS)
+    p = tmp_path / "other.csv"
+    p.write_text("a,b,c\n1,2,3\n", encoding="utf-8")
+    with pytest.raises(BirdnetError, match="no recognised teacher-table columns"):
+        read_teacher_table(p, LABELS)
+    p.write_text(_analyzer_rows("x.wav", [(0, 3, "Corvus corax", "Common Raven", 0.9)]), encoding="utf-8")
+    with pytest.raises(BirdnetError, match="none of the table's species .*Corvus corax.* matches"):
+        read_teacher_table(p, LABELS)
+    p.write_text(_analyzer_rows("x.wav", [(0, 3, "Turdus plumbeus", "x", 0.9)]).replace("0.9", "high"),
+                 encoding="utf-8")
+    with pytest.raises(BirdnetError, match="'Confidence' row 2: not a number"):
+        read_teacher_table(p, LABELS)
+    p.write_bytes(b"\xff\xfe\x00\x00garbage")
+    with pytest.raises(BirdnetError):
+        read_teacher_table(p, LABELS)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BirdnetError, match="holds no teacher tables"):
+        read_teacher_table(tmp_path / "empty", LABELS)
