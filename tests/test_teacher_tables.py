@@ -144,3 +144,75 @@ def test_bad_tables_fail_with_their_messages(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BirdnetError, match="holds no teacher tables"):
         read_teacher_table(tmp_path / "empty", LABELS)
+
+
+# --------------------------------------------------------------------------- soundscapes (benchmark helpers)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+
+def _tone(path: Path, freq: float, seconds: float, rate: int) -> str:
+    from birdnet_tf.data.audio import write_wav16
+
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.3 * np.sin(2 * np.pi * freq * t) * (t > 0.5 * seconds)  # silent first half: the stretch is the tone
+    write_wav16(path, x, rate)
+    return str(path)
+
+
+def test_soundscapes_place_events_at_their_windows_at_the_asked_snr(tmp_path):
+    import pandas as pd
+    from soundscapes import build_soundscapes, read_truth
+
+    from birdnet_tf.data.audio import load_audio
+
+    rate = 16000
+    recs = [(_tone(tmp_path / "a.wav", 1000, 8, rate), "A"), (_tone(tmp_path / "b.wav", 3000, 8, rate), "B")]
+    kw = dict(n_soundscapes=2, duration_s=40.0, event_s=3.0, events_per_soundscape=3, snr_db=(10.0, 10.0),
+              sample_rate_hz=rate, seed=3, progress=False, log=lambda _m: None)
+    m = build_soundscapes(recs, tmp_path / "sc", **kw)
+    events, truth = pd.read_csv(m["events"]), read_truth(m["truth"])
+    assert len(m["files"]) == 2 and len(events) == 6 and len(truth) == 16
+    assert set(events["label"]) == {"A", "B"}
+    np.testing.assert_allclose(events["source_start_s"], 4.0, atol=0.11)  # the tone, not the silence
+    for f, ev in events.groupby("file"):
+        t = truth[truth["file"] == f]
+        for w0, labs in zip(t["start_s"], t["labels"], strict=True):
+            want = sorted({r.label for r in ev.itertuples() if min(r.end_s, w0 + 5) - max(r.start_s, w0) >= 1.0})
+            assert labs == want
+        x, _ = load_audio(f)
+        ev_mask = np.zeros(len(x), bool)
+        for r in ev.itertuples():
+            ev_mask[int(r.start_s * rate): int(r.end_s * rate)] = True
+        for r in ev.itertuples():  # event power / noise power = 10 dB (tone and noise uncorrelated)
+            seg = x[int(r.start_s * rate): int(r.end_s * rate)].astype(np.float64)
+            noise = x[~ev_mask].astype(np.float64)
+            snr = 10 * np.log10(np.mean(seg ** 2) / np.mean(noise ** 2) - 1)
+            assert abs(snr - 10) < 1.5, snr
+    assert build_soundscapes(recs, tmp_path / "sc", **kw)["key"] == m["key"]  # cached
+    with pytest.raises(BirdnetError, match="other arguments"):
+        build_soundscapes(recs, tmp_path / "sc", **{**kw, "seed": 4})
+
+
+def test_window_metrics_on_a_hand_made_case():
+    import pandas as pd
+    from soundscapes import score_windows
+
+    truth = pd.DataFrame({"file": ["s.wav"] * 4, "start_s": [0.0, 5, 10, 15], "end_s": [5.0, 10, 15, 20],
+                          "labels": [["A"], [], ["B"], ["A", "B"]]})
+    # 2.5-s score windows, pooled by max onto the 5-s grid.
+    rows = [(0, 0.9, 0.1), (2.5, 0.2, 0.0), (5, 0.3, 0.2), (7.5, 0.1, 0.1),
+            (10, 0.4, 0.8), (12.5, 0.0, 0.1), (15, 0.5, 0.7), (17.5, 0.6, 0.0)]
+    scores = pd.DataFrame({"file": "/x/s.wav", "start_s": [r[0] for r in rows],
+                           "end_s": [r[0] + 2.5 for r in rows], "A": [r[1] for r in rows], "B": [r[2] for r in rows]})
+    r = score_windows(scores, truth, ["A", "B"])
+    # Grid scores: A = [.9, .3, .4, .6], B = [.1, .2, .8, .7].
+    # AP(A): positives w0 (.9, rank 1) and w3 (.6, rank 2) -> 1.0; AP(B): w2 (.8) rank 1, w3 (.7) rank 2 -> 1.0.
+    assert r["cmap"] == pytest.approx(1.0)
+    # LRAP over windows with a bird: w0 A first (1), w2 B first (1), w3 A .6 < B .7, both relevant (1).
+    assert r["lrap_bird"] == pytest.approx(1.0) and r["n_with_bird"] == 3
+    scores.loc[scores["start_s"] == 5, "A"] = 0.95  # the empty window now outranks every A window
+    r = score_windows(scores, truth, ["A", "B"])
+    # AP(A): .95 (empty), .9 (w0) -> 1/2; .6 (w3) third -> 2/3.
+    assert r["cmap"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 1.0) / 2)
+    assert r["lrap_bird"] == pytest.approx(1.0) and not r["missing"]
