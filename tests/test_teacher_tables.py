@@ -216,3 +216,56 @@ def test_window_metrics_on_a_hand_made_case():
     # AP(A): .95 (empty), .9 (w0) -> 1/2; .6 (w3) third -> 2/3.
     assert r["cmap"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 1.0) / 2)
     assert r["lrap_bird"] == pytest.approx(1.0) and not r["missing"]
+
+
+# --------------------------------------------------------------------------- birdnet-tf teacher birdnet
+
+
+def test_missing_birdnet_environment_says_how_to_build_it(tmp_path):
+    from birdnet_tf.distill.birdnet_teacher import find_birdnet_env
+
+    with pytest.raises(BirdnetError, match=r"no BirdNET environment found .*bash .*birdnet_env\.sh.*--setup"):
+        find_birdnet_env(tmp_path / "nope")
+
+
+def _birdnet_env_or_skip():
+    from birdnet_tf.distill.birdnet_teacher import find_birdnet_env
+
+    try:
+        return find_birdnet_env()
+    except BirdnetError as e:
+        pytest.skip(f"BirdNET not installed here ({e})")
+
+
+def test_teacher_birdnet_writes_a_complete_table_resumes_and_skips_bad_files(tmp_path, capsys):
+    _birdnet_env_or_skip()  # .venv-birdnet beside the checkout, ./.venv-birdnet or $BIRDNET_TF_BIRDNET_ENV
+    from birdnet_tf.cli import main
+
+    rate = 22050
+    for label, name, freq in (("Turdus plumbeus", "a.wav", 2500), ("Amazona vittata", "b.wav", 1500)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        _tone(tmp_path / "data" / label / name, freq, 4.0, rate)
+    (tmp_path / "data" / "Turdus plumbeus" / "bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    out = tmp_path / "t" / "birdnet.csv"
+    argv = ["teacher", "birdnet", str(tmp_path / "data"), "--out", str(out), "--no-progress", "--workers", "1"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "BirdNET knows 1 of the 2 classes" in text and "not: Amazona vittata" in text
+    assert "1 file(s) skipped" in text and "bad.wav" in text
+    meta = json.loads(Path(str(out) + ".json").read_text())
+    assert meta["complete"] and meta["species"] == ["Turdus plumbeus_Red-legged Thrush"]
+    assert list(meta["skipped"]) == ["Turdus plumbeus/bad.wav"]
+    t = read_teacher_table(out, ["Amazona vittata", "Turdus plumbeus"], log=lambda _m: None)
+    assert t.complete and t.class_known.tolist() == [False, True]  # Amazona: unknown to BirdNET, not 0
+    assert sorted(t.files) == ["Amazona vittata/b.wav", "Turdus plumbeus/a.wav"]
+    np.testing.assert_allclose(t.start_s, [0, 3, 0, 3])
+    np.testing.assert_allclose(t.end_s, [3, 4, 3, 4])
+    assert ((t.scores[:, 1] > 0) & (t.scores[:, 1] < 1)).all()
+    rows = out.read_text().count("\n")
+    assert main(argv) == 0  # resumes: nothing left to score but the bad file
+    assert "2 of 3 files already scored" in capsys.readouterr().out and out.read_text().count("\n") == rows
+    assert main([*argv, "--overlap-s", "1.5"]) == 2
+    assert "written with other settings (overlap_s)" in capsys.readouterr().err
+    (tmp_path / "other.csv").write_text("x\n")
+    assert main([*argv[:3], "--out", str(tmp_path / "other.csv")]) == 2
+    assert "was not written by 'birdnet-tf teacher birdnet'" in capsys.readouterr().err
