@@ -40,6 +40,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -170,7 +171,9 @@ def build_soundscapes(recordings: Sequence[tuple[str, str]], out_dir: str | os.P
             start += gaps[j]
             rec = int(order[s * k + j])
             if rec not in stretches:
-                audio, _ = load_audio(recordings[rec][0], sample_rate_hz)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # recordings below 48 kHz are expected
+                    audio, _ = load_audio(recordings[rec][0], sample_rate_hz)
                 stretches[rec] = loudest_stretch(audio, sample_rate_hz, event_s)
             x, src_start = stretches[rec]
             a = int(round(start * sample_rate_hz))
