@@ -261,9 +261,19 @@ def test_teacher_birdnet_writes_a_complete_table_resumes_and_skips_bad_files(tmp
     np.testing.assert_allclose(t.start_s, [0, 3, 0, 3])
     np.testing.assert_allclose(t.end_s, [3, 4, 3, 4])
     assert ((t.scores[:, 1] > 0) & (t.scores[:, 1] < 1)).all()
-    rows = out.read_text().count("\n")
+    whole = out.read_text()
     assert main(argv) == 0  # resumes: nothing left to score but the bad file
-    assert "2 of 3 files already scored" in capsys.readouterr().out and out.read_text().count("\n") == rows
+    assert "2 of 3 files already scored" in capsys.readouterr().out and out.read_text() == whole
+    # An interrupted run: one file's rows written, the next cut off mid-line.
+    lines = whole.splitlines(keepends=True)
+    kept = [ln for ln in lines if not ln.startswith("Turdus plumbeus/a.wav")]
+    out.write_text("".join(kept) + "Turdus plumbeus/a.wav,0.000,3.0")
+    assert main(argv) == 0
+    assert "1 of 3 files already scored, 2 to go" in capsys.readouterr().out
+    again, first = out.read_text().splitlines(), whole.splitlines()
+    assert [ln.rsplit(",", 1)[0] for ln in again] == [ln.rsplit(",", 1)[0] for ln in first]
+    np.testing.assert_allclose([float(ln.rsplit(",", 1)[1]) for ln in again[1:]],  # LiteRT's batch numerics
+                               [float(ln.rsplit(",", 1)[1]) for ln in first[1:]], rtol=1e-4)
     assert main([*argv, "--overlap-s", "1.5"]) == 2
     assert "written with other settings (overlap_s)" in capsys.readouterr().err
     (tmp_path / "other.csv").write_text("x\n")
