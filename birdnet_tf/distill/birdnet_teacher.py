@@ -93,7 +93,8 @@ def find_birdnet_env(env: str | os.PathLike | None = None) -> Path:
 def setup_birdnet_env(env: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> Path:
     """Builds (or checks) the BirdNET environment with ``birdnet_env.sh``; returns its Python."""
     target = _candidates(env)[0]
-    log(f"setting up the BirdNET environment {target} with {env_script()} (about a minute)...")
+    if not (target / ".birdnet-env-ok").is_file():
+        log(f"setting up the BirdNET environment {target} with {env_script()} (about a minute)...")
     proc = subprocess.run(["bash", str(env_script())], env={**os.environ, "BIRDNET_ENV": str(target)},
                           capture_output=True, text=True)
     if proc.returncode != 0:

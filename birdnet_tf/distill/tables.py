@@ -32,8 +32,6 @@ Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -80,29 +78,29 @@ def result_file_stem(name: str) -> str:
     return _RESULT_SUFFIXES.sub("", base) or base
 
 
-def _read_text(path: Path) -> str:
+def _first_line(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        try:
-            return path.read_text(encoding="latin-1")
-        except OSError as e:
-            raise BirdnetError(f"{path}: cannot read teacher table: {e.strerror or e}") from None
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            return f.readline()
     except OSError as e:
         raise BirdnetError(f"{path}: cannot read teacher table: {e.strerror or e}") from None
 
 
 def _parse(path: Path) -> tuple[str, pd.DataFrame]:
     """``(format, DataFrame of strings)`` of one table file."""
-    text = _read_text(path)
-    first = text.split("\n", 1)[0]
+    first = _first_line(path)
     if not first.strip():
         raise BirdnetError(f"{path}: empty file, not a teacher table")
     sep = "\t" if first.count("\t") > first.count(",") else ","
-    try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
-        raise BirdnetError(f"{path}: cannot read teacher table: {str(e).splitlines()[0]}") from None
+    df = None
+    for encoding in ("utf-8-sig", "latin-1"):
+        try:
+            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as e:
+            raise BirdnetError(f"{path}: cannot read teacher table: {str(e).splitlines()[0]}") from None
     df.columns = [str(c).strip() for c in df.columns]
     cols = set(df.columns)
     if set(WIDE_KEYS) <= cols:
