@@ -279,3 +279,16 @@ def test_teacher_birdnet_writes_a_complete_table_resumes_and_skips_bad_files(tmp
     (tmp_path / "other.csv").write_text("x\n")
     assert main([*argv[:3], "--out", str(tmp_path / "other.csv")]) == 2
     assert "was not written by 'birdnet-tf teacher birdnet'" in capsys.readouterr().err
+
+
+def test_birdnet_zero_shot_window_table_scores_unknown_species_zero(tmp_path):
+    _birdnet_env_or_skip()
+    from birdnet_tf.distill.birdnet_teacher import birdnet_windows
+
+    files = [_tone(tmp_path / "x.wav", 2000, 7.0, 16000), _tone(tmp_path / "y.wav", 4000, 2.0, 16000)]
+    labels = ["Amazona vittata", "Turdus plumbeus"]
+    t = birdnet_windows(files, labels, tmp_path / "cache.csv", workers=1, progress=False, log=lambda _m: None)
+    assert list(t.columns) == ["file", "start_s", "end_s", *labels]
+    assert t["file"].tolist() == [files[0]] * 3 + [files[1]]
+    np.testing.assert_allclose(t["end_s"], [3, 6, 7, 2])
+    assert (t["Amazona vittata"] == 0).all() and (t["Turdus plumbeus"] > 0).all()
