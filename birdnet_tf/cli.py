@@ -253,7 +253,7 @@ def cmd_queue(args) -> int:
 def cmd_teacher(args) -> int:
     from birdnet_tf.distill.birdnet_teacher import teacher_birdnet
 
-    teacher_birdnet(args.data, args.out, overlap_s=args.overlap_s, workers=args.workers, env=args.birdnet_env,
+    teacher_birdnet(args.data, args.out, labels=args.labels, overlap_s=args.overlap_s, workers=args.workers, env=args.birdnet_env,
                     setup=args.setup, all_species=args.all_species, force=args.force,
                     progress=not args.no_progress, log=_log)
     return 0
@@ -500,8 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "threshold) for the BirdNET species that map onto DATA's labels, in BirdNET's own environment "
                     "(.venv-birdnet; --setup builds it). BirdNET's weights are CC BY-NC-SA 4.0 and stay where "
                     "you installed them; see the README on models distilled from its outputs.")
-    t.add_argument("data", help="dataset folder (metadata.csv, BirdCLEF XML or one folder per class)")
+    t.add_argument("data", help="dataset folder (metadata.csv, BirdCLEF XML or one folder per class); with --labels "
+                                "any folder of audio files (e.g. unlabelled recordings for pseudo-labels)")
     t.add_argument("--out", required=True, help="the table to write (CSV; its settings go to OUT.json)")
+    t.add_argument("--labels", metavar="LABELS", default=None,
+                   help="the species to map BirdNET onto: a labels file, a run folder, an export or a dataset "
+                        "(default: DATA's own labels); DATA is then scanned for audio files")
     t.add_argument("--overlap-s", type=float, default=0.0,
                    help="overlap of consecutive 3-s windows in seconds (default: %(default)s)")
     t.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),

@@ -292,3 +292,22 @@ def test_birdnet_zero_shot_window_table_scores_unknown_species_zero(tmp_path):
     assert t["file"].tolist() == [files[0]] * 3 + [files[1]]
     np.testing.assert_allclose(t["end_s"], [3, 6, 7, 2])
     assert (t["Amazona vittata"] == 0).all() and (t["Turdus plumbeus"] > 0).all()
+
+
+def test_teacher_birdnet_on_unlabelled_recordings_with_a_student_labels_file(tmp_path, capsys):
+    _birdnet_env_or_skip()
+    from birdnet_tf.cli import main
+
+    (tmp_path / "unl" / "day1").mkdir(parents=True)
+    _tone(tmp_path / "unl" / "day1" / "r.wav", 3000, 3.0, 16000)
+    (tmp_path / "unl" / "notes.txt").write_text("not audio")
+    (tmp_path / "labels.txt").write_text("Turdus plumbeus\nAmazona vittata\n")
+    out = tmp_path / "unl.csv"
+    assert main(["teacher", "birdnet", str(tmp_path / "unl"), "--labels", str(tmp_path / "labels.txt"),
+                 "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    assert "BirdNET knows 1 of the 2 classes" in capsys.readouterr().out
+    t = read_teacher_table(out, ["Turdus plumbeus", "Amazona vittata"], log=lambda _m: None)
+    assert t.files == ["day1/r.wav"] and t.class_known.tolist() == [True, False] and len(t.start_s) == 1
+    assert main(["teacher", "birdnet", str(tmp_path / "unl"), "--labels", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "x.csv")]) == 2
+    assert "--labels must be a labels file" in capsys.readouterr().err

@@ -45,6 +45,7 @@ __all__ = [
     "map_birdnet_species",
     "score_files",
     "setup_birdnet_env",
+    "student_labels",
     "teacher_birdnet",
 ]
 
@@ -346,42 +347,89 @@ def score_files(files: Sequence[tuple[str, str]], out: str | os.PathLike, specie
     return result
 
 
-def teacher_birdnet(data_dir: str | os.PathLike, out: str | os.PathLike, *, overlap_s: float = 0.0,
-                    workers: int = 2, env: str | os.PathLike | None = None, setup: bool = False,
-                    all_species: bool = False, force: bool = False, progress: bool = True,
+def student_labels(spec: str | os.PathLike) -> list[str]:
+    """Labels to map BirdNET onto: a labels file (one per line), a run folder or export (its
+    ``labels.txt``), or a dataset folder (its primary and background species).
+
+    Raises:
+        BirdnetError: ``spec`` is none of these.
+    """
+    from birdnet_tf.data.labels import LabelSet
+
+    p = Path(spec)
+    if p.is_file():
+        return list(LabelSet.load(p))
+    for candidate in (p / "labels.txt", p / "assets.extra" / "labels.txt"):
+        if candidate.is_file():
+            return list(LabelSet.load(candidate))
+    if p.is_dir():
+        labels, _ = _dataset_labels(p)
+        return labels
+    raise BirdnetError(f"{p}: --labels must be a labels file, a run folder, an export or a dataset folder")
+
+
+def _dataset_labels(data_dir: Path):
+    from birdnet_tf.data.catalog import load_catalog, parse_secondary_labels
+
+    catalog = load_catalog(data_dir)
+    labels = sorted({str(v) for v in catalog["primary_label"]}
+                    | {s for v in catalog["secondary_labels"] for s in parse_secondary_labels(v)})
+    return labels, catalog
+
+
+def _audio_files(folder: Path) -> list[tuple[str, str]]:
+    from birdnet_tf.data.catalog import AUDIO_SUFFIXES
+
+    if not folder.is_dir():
+        raise BirdnetError(f"{folder}: not a folder of audio files")
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not found:
+        raise BirdnetError(f"{folder}: holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
+    return [(p.relative_to(folder).as_posix(), str(p)) for p in found]
+
+
+def teacher_birdnet(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
+                    overlap_s: float = 0.0, workers: int = 2, env: str | os.PathLike | None = None,
+                    setup: bool = False, all_species: bool = False, force: bool = False, progress: bool = True,
                     log: Callable[[str], None] = print) -> dict:
     """``birdnet-tf teacher birdnet DATA --out TABLE``: BirdNET's complete table for a dataset.
 
     The columns are the BirdNET species that map onto the dataset's labels (primary and
     background species, by scientific name, else common name); ``all_species`` keeps all
-    6,522. Returns the sidecar (see :func:`score_files`).
+    6,522. With ``labels`` (a labels file, run, export or dataset: :func:`student_labels`),
+    ``data_dir`` may be any folder of audio files, e.g. unlabelled recordings for
+    pseudo-labels; every audio file under it is scored. Rows name files by their path
+    relative to ``data_dir``. Returns the sidecar (see :func:`score_files`).
     """
-    from birdnet_tf.data.catalog import load_catalog, parse_secondary_labels
-
     if not 0 <= overlap_s < 3:
         raise BirdnetError(f"--overlap-s must be in [0, 3) seconds, got {overlap_s:g}")
-    catalog = load_catalog(data_dir)
+    data = Path(data_dir)
+    common: dict[str, str] = {}
+    if labels is None:
+        wanted, catalog = _dataset_labels(data)
+        primaries = sorted({str(v) for v in catalog["primary_label"]})
+        if "common_name" in catalog.columns:
+            common = {str(r.primary_label): str(r.common_name) for r in catalog.itertuples()
+                      if isinstance(r.common_name, str)}
+        files = [(str(r.key), str(r.path)) for r in catalog.itertuples()]
+    else:
+        wanted = student_labels(labels)
+        primaries = wanted
+        files = _audio_files(data)
     python = setup_birdnet_env(env, log) if setup else find_birdnet_env(env)
-    labels = sorted({str(v) for v in catalog["primary_label"]}
-                    | {s for v in catalog["secondary_labels"] for s in parse_secondary_labels(v)})
-    common = {}
-    if "common_name" in catalog.columns:
-        common = {str(r.primary_label): str(r.common_name) for r in catalog.itertuples()
-                  if isinstance(r.common_name, str)}
     birdnet = birdnet_labels(python)
-    mapping = map_birdnet_species(birdnet, labels, common)
+    mapping = map_birdnet_species(birdnet, wanted, common)
     species = list(birdnet) if all_species else list(mapping)
-    primaries = sorted({str(v) for v in catalog["primary_label"]})
     missing = [lab for lab in primaries if lab not in mapping.values()]
-    log(f"BirdNET knows {len(set(mapping.values()) & set(primaries))} of the {len(primaries)} classes of {data_dir}"
+    log(f"BirdNET knows {len(set(mapping.values()) & set(primaries))} of the {len(primaries)} classes"
+        + (f" of {data_dir}" if labels is None else f" of {labels}")
         + (f" (not: {', '.join(missing)})" if missing else "")
-        + (f"; {len(mapping)} of {len(labels)} species with background species" if len(labels) > len(primaries) else ""))
-    files = [(str(r.key), str(r.path)) for r in catalog.itertuples()]
+        + (f"; {len(mapping)} of {len(wanted)} species with background species" if len(wanted) > len(primaries) else ""))
     return score_files(files, out, species, overlap_s=overlap_s, workers=workers, env=python.parent.parent,
-                       force=force, settings={"data": str(Path(data_dir).resolve()),
+                       force=force, settings={"data": str(data.resolve()),
                                               "columns": "all" if all_species else "mapped"},
                        progress=progress, log=log)
-
 
 
 def birdnet_windows(files: Sequence[str | os.PathLike], labels: Sequence[str], cache: str | os.PathLike, *,
