@@ -188,8 +188,8 @@ def _from_long(rows: pd.DataFrame, labels: list[str], matcher: SpeciesMatcher, s
     min_conf = float(rows["score"].min()) if len(rows) else 1.0
     complete = len(pairs) == n_windows * n_species and min_conf < COMPLETE_MAX_MIN_CONFIDENCE
     if not complete:
-        log(f"{source}: looks thresholded (lowest confidence {min_conf:.3g}; {len(pairs)} of "
-            f"{n_windows} windows x {n_species} species present): cells without a row are treated as unknown, "
+        log(f"{source}: looks thresholded (lowest confidence {min_conf:.3g}; {len(pairs)} of the "
+            f"{n_windows * n_species} window-species cells present): cells without a row are treated as unknown, "
             "not as zero; write the table with a minimum confidence of 0 for a complete one")
     file_names = list(dict.fromkeys(windows["file"].tolist()))
     fidx = {f: i for i, f in enumerate(file_names)}
