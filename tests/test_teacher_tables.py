@@ -4,8 +4,6 @@ and the soundscape helpers of the distillation benchmark."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -116,7 +114,7 @@ def test_birdnet_tf_window_csv_is_complete_and_pools_per_excerpt(tmp_path):
     assert any("Corvus corax (1)" in ln for ln in lines)
     # An excerpt [2, 5) overlaps both windows of b.wav: max and overlap-weighted mean.
     s, k = pool_windows(t, 0, 2.0, 5.0)
-    np.testing.assert_allclose(s, [0.6, 0, 0.3]) and None
+    np.testing.assert_allclose(s, [0.6, 0, 0.3])
     assert k.tolist() == [True, False, True]
     s, _ = pool_windows(t, 0, 2.0, 5.0, how="mean")
     np.testing.assert_allclose(s, [(0.6 * 1 + 0.2 * 2) / 3, 0, (0.3 * 1 + 0.1 * 2) / 3], rtol=1e-6)
