@@ -38,7 +38,7 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["birdnet_tf", "birdnet_tf.*"]),
-    package_data={"birdnet_tf": ["recipes/*.yaml"]},
+    package_data={"birdnet_tf": ["recipes/*.yaml", "distill/birdnet_env.sh"]},
     python_requires=">=3.11,<3.13",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -250,6 +250,15 @@ def cmd_queue(args) -> int:
     return 1 if summary["failed"] else 0
 
 
+def cmd_teacher(args) -> int:
+    from birdnet_tf.distill.birdnet_teacher import teacher_birdnet
+
+    teacher_birdnet(args.data, args.out, labels=args.labels, overlap_s=args.overlap_s, workers=args.workers, env=args.birdnet_env,
+                    setup=args.setup, all_species=args.all_species, force=args.force,
+                    progress=not args.no_progress, log=_log)
+    return 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -483,6 +492,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stale-after-s", type=float, default=300.0,
                    help="take over a lock whose heartbeat is older (default: %(default)s)")
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("teacher", help="write a teacher table (per-window scores of an external teacher)")
+    teachers = p.add_subparsers(dest="teacher", required=True, metavar="TEACHER")
+    t = teachers.add_parser(
+        "birdnet", parents=[quiet], help="BirdNET V2.4's complete per-window table for a dataset (resumable)",
+        description="Scores every 3-s window of every recording of DATA with BirdNET V2.4 (no confidence "
+                    "threshold) for the BirdNET species that map onto DATA's labels, in BirdNET's own environment "
+                    "(.venv-birdnet; --setup builds it). BirdNET's weights are CC BY-NC-SA 4.0 and stay where "
+                    "you installed them; see the README on models distilled from its outputs.")
+    t.add_argument("data", help="dataset folder (metadata.csv, BirdCLEF XML or one folder per class); with --labels "
+                                "any folder of audio files (e.g. unlabelled recordings for pseudo-labels)")
+    t.add_argument("--out", required=True, help="the table to write (CSV; its settings go to OUT.json)")
+    t.add_argument("--labels", metavar="LABELS", default=None,
+                   help="the species to map BirdNET onto: a labels file, a run folder, an export or a dataset "
+                        "(default: DATA's own labels); DATA is then scanned for audio files")
+    t.add_argument("--overlap-s", type=float, default=0.0,
+                   help="overlap of consecutive 3-s windows in seconds (default: %(default)s)")
+    t.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="BirdNET inference processes (default: %(default)s)")
+    t.add_argument("--birdnet-env", metavar="DIR", default=None,
+                   help="the BirdNET environment (default: $BIRDNET_TF_BIRDNET_ENV, ./.venv-birdnet, "
+                        "or .venv-birdnet beside a source checkout)")
+    t.add_argument("--setup", action="store_true", help="build the BirdNET environment first if it is missing")
+    t.add_argument("--all-species", action="store_true",
+                   help="keep all 6,522 BirdNET species as columns, not only those that map onto DATA's labels")
+    t.add_argument("--force", action="store_true",
+                   help="replace a table this command wrote with other settings (resuming needs no --force)")
+    t.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("config", parents=[recipe], help="print the resolved config as YAML")
     p.set_defaults(func=cmd_config)
