@@ -327,6 +327,9 @@ def run_search(settings: SearchSettings, log=print) -> dict:
     tuner = _tuner_class()(oracle, settings, folds, log)
     if resumed and role != "worker":
         tuner.oracle.max_trials = settings.max_trials  # may grow or shrink between sessions
+    # Keras Tuner reloads its oracle only when the tuner's own file exists: write it now, so a
+    # search interrupted in its first trial continues (and redoes that trial) instead of starting over
+    tuner.save()
     try:
         tuner.search()
     except _BudgetSpent:

@@ -203,12 +203,8 @@ def _parse_param(key: str, spec: Any, base: Config, where: str) -> Param:
             raise ConfigError(f"{where}: a choice needs a non-empty list of values")
         out = []
         for v in values:
-            if isinstance(v, (list, tuple)):  # a tuple setting: Keras Tuner choices are scalars
-                _check_value(base, key, list(v), where)
-                v = ",".join(map(str, v))
-            else:
-                v = _check_value(base, key, v, where)
-            if isinstance(v, tuple):
+            v = _check_value(base, key, list(v) if isinstance(v, (list, tuple)) else v, where)
+            if isinstance(v, tuple):  # a tuple setting: Keras Tuner's choices are scalars, the config parses "a,b"
                 v = ",".join(map(str, v))
             out.append(v)
         if len({type(v) for v in out}) > 1:
