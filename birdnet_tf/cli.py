@@ -349,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", default="val_mlrap_bg", help="validation score to maximise (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the tuner and the folds (default: %(default)s)")
     p.add_argument("--max-minutes", type=float, default=0.0,
-                   help="start no new trial after this many minutes (0: no limit; a running trial finishes)")
+                   help="start no trial that would end after this many minutes, judged by the mean trial time "
+                        "so far (0: no limit)")
     p.add_argument("--cache", default=None, help="folder to prepare raw audio into (as for train)")
     p.add_argument("--chief", metavar="HOST:PORT", default=None,
                    help="distributed search: without --worker, serve the oracle at HOST:PORT; with it, "

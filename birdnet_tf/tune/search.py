@@ -50,7 +50,8 @@ from birdnet_tf.errors import BirdnetError, ConfigError
 from birdnet_tf.fileio import write_json_atomic, write_text_atomic
 from birdnet_tf.tune.space import SearchSpace
 
-__all__ = ["TUNERS", "SearchSettings", "distributed_role", "run_search", "set_distributed_env", "write_results"]
+__all__ = ["TUNERS", "SearchSettings", "check_search_folder", "distributed_role", "load_folds", "run_search",
+           "set_distributed_env", "write_results"]
 
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "oracle"
@@ -71,7 +72,7 @@ class SearchSettings:
     folds: int = 1  # 1: the recipe's own split; K >= 2: K recordist folds
     objective: str = "val_mlrap_bg"
     seed: int = 0
-    max_minutes: float = 0.0  # > 0: start no new trial after this long (this session)
+    max_minutes: float = 0.0  # > 0: start no trial expected (mean trial time) to end after this long (this session)
     cache_dir: Path | None = None
     workers: int = 2
     hyperband_factor: int = 3
@@ -199,12 +200,18 @@ def _tuner_class():
         def __init__(self, oracle, settings: SearchSettings, folds: pd.DataFrame | None, log, **kwargs):
             super().__init__(oracle, directory=str(settings.out_dir), project_name=PROJECT, **kwargs)
             self.settings, self.folds, self.log = settings, folds, log
-            self.t0 = time.time()
+            self.t0, self.trial_t0, self.durations = time.time(), time.time(), []
 
         def pre_create_trial(self):
-            s = self.settings
-            if s.max_minutes and time.time() - self.t0 > 60 * s.max_minutes:
+            # --max-minutes: no trial that would end (at the mean length of this session's trials) after it
+            s, durations = self.settings, self.durations
+            expected = float(np.mean(durations)) if durations else 0.0
+            if s.max_minutes and time.time() - self.t0 + expected > 60 * s.max_minutes:
                 raise _BudgetSpent()
+
+        def on_trial_begin(self, trial):
+            super().on_trial_begin(trial)
+            self.trial_t0 = time.time()
 
         def run_trial(self, trial, *args, **kwargs):
             from birdnet_tf.train.trainer import train
@@ -250,6 +257,7 @@ def _tuner_class():
 
         def on_trial_end(self, trial):
             super().on_trial_end(trial)
+            self.durations.append(time.time() - self.trial_t0)
             if trial.status != "COMPLETED":
                 self.log(f"trial {trial.trial_id}: {trial.status}: "
                          f"{(trial.message or '').strip().splitlines()[-1] if trial.message else ''}")
@@ -333,7 +341,8 @@ def run_search(settings: SearchSettings, log=print) -> dict:
     try:
         tuner.search()
     except _BudgetSpent:
-        log(f"--max-minutes {settings.max_minutes:g} spent; no new trial started (run again to go on)")
+        log(f"--max-minutes {settings.max_minutes:g}: another trial would end after it; no new trial started "
+            "(run again to go on)")
     if role == "worker":
         return {"out_dir": str(settings.out_dir), "role": role}
     return write_results(settings, log)
@@ -428,6 +437,7 @@ def plot_trials(table: pd.DataFrame, settings: SearchSettings, path: Path) -> No
             ax.scatter(pd.to_numeric(x[ok]), y[ok])
             if p.log:
                 ax.set_xscale("log")
+            ax.set_xlim(p.min, p.max)  # the searched range
         else:
             cats = [str(v) for v in (p.values if p.kind == "choice" else (False, True))]
             pos = {c: j for j, c in enumerate(cats)}
