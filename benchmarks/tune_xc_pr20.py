@@ -28,16 +28,9 @@ import yaml
 
 from _common import REPO, machine, xc_pr20
 
-#: What the issue asks to search; ranges around the hand-found defaults
-SPACE = {
-    "train.learning_rate": {"min": 1e-3, "max": 1e-2, "log": True},
-    "model.width": [0.25, 0.5, 0.75],
-    "data.excerpt_s": {"min": 2.0, "max": 5.0, "step": 0.5},
-    "augment.gain_db": {"min": 0.0, "max": 12.0},
-    "augment.noise_prob": {"min": 0.0, "max": 0.8},
-    "augment.mask_prob": {"min": 0.0, "max": 0.8},
-    "model.temporal_pooling": ["logmeanexp:1", "mean", "max", "attention:2"],
-}
+#: What the issue asks to search (learning rate, width, excerpt length, augmentation strengths,
+#: temporal pooling), in ranges around the hand-found defaults
+SPACE = REPO / "pipelines" / "spaces" / "default-space.yaml"
 #: Every run of the benchmark (default and trials) is scaled to this unless --set says otherwise
 SCALE = ["train.epochs=10"]
 
@@ -56,12 +49,12 @@ def main() -> None:
     from birdnet_tf.config import load_config
     from birdnet_tf.train.trainer import train
     from birdnet_tf.tune.search import SearchSettings, check_search_folder, load_folds, run_search
-    from birdnet_tf.tune.space import parse_space
+    from birdnet_tf.tune.space import load_space
 
     t0 = time.time()
     out = Path(args.out)
     recipe = load_config(args.config, [*SCALE, *args.set])
-    space = parse_space(SPACE, recipe, "benchmark space")
+    space = load_space(SPACE, recipe)
     settings = SearchSettings(recipe=recipe, space=space, data_dir=xc_pr20(), out_dir=out / "search",
                               tuner=args.tuner, max_trials=args.max_trials, folds=args.folds,
                               objective="val_mlrap_bg", workers=2)
