@@ -138,7 +138,8 @@ def test_search_folder_and_distributed_settings_are_checked(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="no tune.json"):
         check_search_folder(settings)
     for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # so that teardown restores what was there (set_distributed_env sets them)
+        monkeypatch.delenv(name)
     with pytest.raises(ConfigError, match="HOST:PORT"):
         set_distributed_env("localhost", None)
     with pytest.raises(ConfigError, match="needs --chief"):
@@ -209,7 +210,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_chief_and_two_workers_on_loopback_run_every_trial_once(tmp_path):
+def test_chief_and_two_workers_on_loopback_run_every_trial_once_and_a_killed_worker_resumes(tmp_path):
     from birdnet_tf.data.dataset import prepare_dataset
 
     data = tmp_path / "prepared"  # prepared first: two workers on one machine must not prepare at once
@@ -218,32 +219,57 @@ def test_chief_and_two_workers_on_loopback_run_every_trial_once(tmp_path):
     space = write_space(tmp_path / "space.yaml")
     out, port = tmp_path / "tune", _free_port()
     base = [sys.executable, "-m", "birdnet_tf.cli", "tune", "--space", str(space), "--data", str(data),
-            "--out", str(out), "--max-trials", "3", "--workers", "1", *tiny_set_args(),
+            "--out", str(out), "--max-trials", "2", "--workers", "1", *tiny_set_args(["train.epochs=2"]),
             "--chief", f"127.0.0.1:{port}"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    procs = {"chief": subprocess.Popen(base, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)}
-    time.sleep(2)  # the chief writes tune.json and starts serving
-    for worker in ("w0", "w1"):
-        procs[worker] = subprocess.Popen([*base, "--worker", worker], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True)
-    logs, deadline = {}, time.time() + 240
+    procs, logs = {}, {}
+
+    def start(name: str, *extra: str) -> None:
+        logs[name] = tmp_path / f"{name}.log"
+        procs[name] = subprocess.Popen([*base, *extra], cwd=tmp_path, env=env, stdout=logs[name].open("w"),
+                                       stderr=subprocess.STDOUT, text=True)
+
+    def wait_for(predicate, what: str, limit_s: float = 120) -> None:
+        t0 = time.time()
+        while not predicate():
+            assert time.time() - t0 < limit_s, f"timed out waiting for {what}: " + \
+                "\n".join(f"{n}: {p.read_text()[-1500:]}" for n, p in logs.items())
+            assert all(p.poll() in (None, 0) for p in procs.values()), "a process failed early"
+            time.sleep(0.3)
+
+    def started(name: str) -> list[str]:
+        return [line.split()[1] for line in logs[name].read_text().splitlines()
+                if line.startswith("trial ") and f" on {name}:" in line]
+
     try:
+        start("chief")
+        wait_for(lambda: (out / "tune.json").is_file(), "the chief")
+        start("w0", "--worker", "w0")
+        start("w1", "--worker", "w1")
+        # kill w0 (SIGKILL) once its trial has finished epoch 1 of 2, then start it again with the same ID
+        wait_for(lambda: started("w0"), "w0's trial")
+        state = out / "runs" / f"trial_{started('w0')[0]}" / "state.json"
+        wait_for(lambda: state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1, "w0's epoch 1")
+        procs["w0"].kill()
+        procs["w0"].wait(timeout=30)
+        first = logs["w0"].read_text()
+        start("w0", "--worker", "w0")
         for name in ("w0", "w1", "chief"):
-            logs[name] = procs[name].communicate(timeout=max(1, deadline - time.time()))[0]
+            procs[name].wait(timeout=180)
     finally:
         for p in procs.values():
             if p.poll() is None:
                 p.kill()
+    text = {name: path.read_text() for name, path in logs.items()}
     for name, p in procs.items():
-        assert p.returncode == 0, f"{name} exited with {p.returncode}:\n{logs.get(name, '')[-3000:]}"
-    started = {w: [line.split()[1] for line in logs[w].splitlines() if line.startswith("trial ") and " on " in line]
-               for w in ("w0", "w1")}
-    ids = started["w0"] + started["w1"]
-    assert sorted(ids) == ["0", "1", "2"], started  # every trial exactly once, over both workers
-    assert all(started.values()), f"a worker ran no trial: {started}"
+        assert p.returncode == 0, f"{name} exited with {p.returncode}:\n{text[name][-3000:]}"
+    trial = state.parent.name.split("_")[1]
+    assert started("w0") == [trial] and f"resuming {state.parent} after epoch 1" in text["w0"]  # taken up again
+    assert "epochs 2..2" in text["w0"] and "epochs 1..2" in first
+    ids = started("w0") + started("w1")
+    assert sorted(ids) == ["0", "1"], ids  # every trial exactly once, over both workers
     table = pd.read_csv(out / "trials.csv")  # written by the chief
-    assert len(table) == 3 and set(table["status"]) == {"COMPLETED"}
-    for t in range(3):
-        assert len(pd.read_csv(out / "runs" / f"trial_{t}" / "history.csv")) == 1
+    assert len(table) == 2 and set(table["status"]) == {"COMPLETED"}
+    for t in range(2):
+        assert list(pd.read_csv(out / "runs" / f"trial_{t}" / "history.csv")["epoch"]) == [0, 1]
     assert json.loads((out / "tune.json").read_text())["folds"] == 1

@@ -174,6 +174,19 @@ def make_oracle(settings: SearchSettings):
     raise ConfigError(f"--tuner must be one of {', '.join(TUNERS)}, not '{settings.tuner}'")
 
 
+def active_values(hp) -> dict[str, Any]:
+    """A trial's values of the settings active under its conditions (and Keras Tuner's ``tuner/…``)."""
+    out = {}
+    for name, value in hp.values.items():
+        try:
+            active = name.startswith("tuner/") or hp.is_active(name)
+        except (KeyError, ValueError):
+            active = True
+        if active:
+            out[name] = value
+    return out
+
+
 def trial_config(settings: SearchSettings, values: dict[str, Any], trial_id: str) -> Config:
     """The recipe with a trial's settings (and, for Hyperband, its epochs and starting weights)."""
     overrides = settings.space.overrides(values)
@@ -217,7 +230,7 @@ def _tuner_class():
             from birdnet_tf.train.trainer import train
 
             s, tid = self.settings, trial.trial_id
-            values = dict(trial.hyperparameters.values)
+            values = active_values(trial.hyperparameters)
             try:
                 cfg = trial_config(s, values, tid)
             except ConfigError as e:
@@ -361,7 +374,7 @@ def write_results(settings: SearchSettings, log=print) -> dict:
     obj = settings.objective
     rows = []
     for trial in read_trials(settings):
-        values = trial.hyperparameters.values
+        values = active_values(trial.hyperparameters)
         row: dict[str, Any] = {"trial": trial.trial_id, "status": str(trial.status)}
         for key in settings.space.keys:
             row[key] = values.get(key, "")  # inactive under a condition: empty
@@ -388,7 +401,7 @@ def write_results(settings: SearchSettings, log=print) -> dict:
         return summary
     best = done.loc[done[obj].idxmax()]
     trial = {t.trial_id: t for t in read_trials(settings)}[best["trial"]]
-    cfg = trial_config(settings, dict(trial.hyperparameters.values), best["trial"])
+    cfg = trial_config(settings, active_values(trial.hyperparameters), best["trial"])
     if "tuner/epochs" in trial.hyperparameters.values:  # Hyperband: the full budget, from scratch
         cfg = cfg.replace({"train.epochs": settings.recipe.train.epochs, "train.init_weights": ""}, "best")
     spread = f" ± {best[obj + '_std']:.4f} (std over {settings.folds} recordist folds)" if settings.folds > 1 else ""
