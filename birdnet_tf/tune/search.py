@@ -55,6 +55,8 @@ __all__ = ["TUNERS", "SearchSettings", "check_search_folder", "distributed_role"
 
 TUNERS = ("random", "bayesian", "hyperband")
 PROJECT = "oracle"
+#: the validation scores train() logs each epoch that grow when better
+OBJECTIVES = ("val_mlrap_bg", "val_mlrap", "val_mrr", "val_cmap", "val_top1", "val_top5")
 #: Keras Tuner's own hyperparameters of Hyperband trials
 HYPERBAND_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
 
@@ -272,8 +274,9 @@ def _tuner_class():
             super().on_trial_end(trial)
             self.durations.append(time.time() - self.trial_t0)
             if trial.status != "COMPLETED":
+                last = (trial.message or "").strip().splitlines()[-1:] or [""]
                 self.log(f"trial {trial.trial_id}: {trial.status}: "
-                         f"{(trial.message or '').strip().splitlines()[-1] if trial.message else ''}")
+                         f"{last[0].replace('keras_tuner.src.errors.FailedTrialError: ', '')}")
             if self._is_worker():
                 return
             try:
@@ -333,9 +336,9 @@ def run_search(settings: SearchSettings, log=print) -> dict:
         raise BirdnetError(f"{settings.data_dir}: dataset folder does not exist")
     settings.out_dir = Path(settings.out_dir)
     settings.recipe.replace({"train.monitor": settings.objective}, "--objective")
-    if settings.objective == "val_loss" or not settings.objective.startswith("val_"):
-        raise ConfigError(f"--objective must be a validation score that grows when better (val_mlrap_bg, "
-                          f"val_mlrap, val_cmap, val_top1, ...), not '{settings.objective}'")
+    if settings.objective not in OBJECTIVES:
+        raise ConfigError(f"--objective must be a validation score that grows when better ({', '.join(OBJECTIVES)}), "
+                          f"not '{settings.objective}'")
     resumed = check_search_folder(settings)
     meta = json.loads((settings.out_dir / "tune.json").read_text(encoding="utf-8"))
     if meta.get("max_trials") != settings.max_trials and role != "worker":
@@ -353,6 +356,12 @@ def run_search(settings: SearchSettings, log=print) -> dict:
     tuner.save()
     try:
         tuner.search()
+    except RuntimeError as e:  # Keras Tuner gives up after 3 failed trials in a row
+        if "consecutive failures" not in str(e):
+            raise
+        last = [line for line in str(e).splitlines() if line.strip()]
+        raise BirdnetError(f"{settings.out_dir}: 3 trials in a row failed, the search stops; the last: "
+                           f"{last[-1] if last else '?'} (every trial's status is in trials.csv)") from None
     except _BudgetSpent:
         log(f"--max-minutes {settings.max_minutes:g}: another trial would end after it; no new trial started "
             "(run again to go on)")
