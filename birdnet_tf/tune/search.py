@@ -300,6 +300,31 @@ def write_hparams(settings: SearchSettings, trial_id: str, values: dict, metrics
             tf.summary.scalar(name, value, step=0)
 
 
+def write_hparams_config(settings: SearchSettings) -> None:
+    """The HParams view's columns: every searched setting with its domain, and the scores."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp_api
+
+    params = []
+    for p in settings.space.params:
+        if p.kind == "choice":
+            domain = hp_api.Discrete(list(p.values))
+        elif p.kind == "bool":
+            domain = hp_api.Discrete([False, True])
+        elif p.kind == "int":
+            domain = hp_api.IntInterval(int(p.min), int(p.max))
+        else:
+            domain = hp_api.RealInterval(float(p.min), float(p.max))
+        params.append(hp_api.HParam(p.key, domain))
+    obj = settings.objective
+    metrics = [hp_api.Metric(obj, display_name=f"{obj} (mean over folds)" if settings.folds > 1 else obj)]
+    if settings.folds > 1:
+        metrics.append(hp_api.Metric(f"{obj}_std", display_name=f"{obj} std over folds"))
+    metrics.append(hp_api.Metric("time_s", display_name="trial time (s)"))
+    with tf.summary.create_file_writer(str(settings.out_dir / "logs" / "hparams")).as_default():
+        hp_api.hparams_config(hparams=params, metrics=metrics)
+
+
 def load_folds(settings: SearchSettings, log=print) -> pd.DataFrame | None:
     """The recordist folds of the dataset (``folds.csv`` written), or None without folds."""
     if settings.folds <= 1:
@@ -348,6 +373,19 @@ def run_search(settings: SearchSettings, log=print) -> dict:
         f"({role}) in {settings.out_dir}; space:\n  " + "\n  ".join(p.describe() for p in settings.space.params))
     folds = None if role == "chief" else load_folds(settings, log)
     oracle = make_oracle(settings)
+    if role == "chief":  # trials.csv, best.yaml and the plot as each trial ends, as a local search has them
+        end_trial = oracle.end_trial
+
+        def end_trial_and_report(trial):
+            end_trial(trial)
+            try:
+                write_results(settings, log=lambda *_: None)
+            except Exception as e:  # noqa: BLE001 - reporting must not end a search
+                log(f"warning: could not write the results: {e}")
+
+        oracle.end_trial = end_trial_and_report
+    if role != "worker" and not resumed:
+        write_hparams_config(settings)
     tuner = _tuner_class()(oracle, settings, folds, log)
     if resumed and role != "worker":
         tuner.oracle.max_trials = settings.max_trials  # may grow or shrink between sessions
