@@ -78,7 +78,7 @@ def main() -> None:
     if left <= 0:
         raise SystemExit(f"--minutes {args.minutes:g} spent on the default's runs; nothing left for a search")
     settings.max_minutes = left
-    summary = run_search(settings)
+    run_search(settings)
     wall = (time.time() - t0) / 60
 
     import pandas as pd
@@ -95,7 +95,7 @@ def main() -> None:
     print(f"{len(folds)} recordist folds of xc-pr20, validation files per fold: {sizes}"
           + (f" ({never} files of single-recordist classes always train)" if never else "")
           + f"; every run {recipe.train.epochs} epochs, score = best epoch's {obj}")
-    print(f"space: " + "; ".join(p.describe() for p in space.params))
+    print("space: " + "; ".join(p.describe() for p in space.params))
     head = f"{'':<22}{'mean':>8}{'std':>8}" + "".join(f"{'fold ' + str(f):>9}" for f in folds)
     print(head)
     print(f"{'default recipe':<22}{np.mean(default):>8.4f}{np.std(default):>8.4f}"
@@ -134,7 +134,6 @@ def main() -> None:
                                                for k in space.keys}},
         "paired_difference": {"mean": float(diff.mean()), "se": se}, "trials": int(len(table)),
         "completed": int(len(done)), "wall_min": round(wall, 1), "verdict": verdict}, sort_keys=False))
-    del summary
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def test_space_parsing_ranges_log_conditions_and_bad_inputs(tmp_path):
     assert hp.values["model.name"] == "ismir2016" and not hp.is_active("model.resnet_n")  # the condition holds
     hp.values["model.name"] = "kahl2018_resnet"
     assert hp.is_active("model.resnet_n")
-    cfg = Config().replace(space.overrides({"augment.noise_snr_db": "10.0,40.0", "model.resnet_n": 3, "tuner/epochs": 2}))
+    trial_values = {"augment.noise_snr_db": "10.0,40.0", "model.resnet_n": 3, "tuner/epochs": 2}
+    cfg = Config().replace(space.overrides(trial_values))
     assert cfg.augment.noise_snr_db == (10.0, 40.0) and cfg.model.resnet_n == 3
 
     def refused(spec, *words):
@@ -127,7 +128,8 @@ def test_search_folder_and_distributed_settings_are_checked(tmp_path, monkeypatc
     settings = SearchSettings(recipe=base, space=parse_space(SPACE), data_dir=data, out_dir=tmp_path / "tune")
     assert check_search_folder(settings) is False and check_search_folder(settings) is True
     settings.space = parse_space({**SPACE, "model.width": [0.25, 1.0]})
-    with pytest.raises(ConfigError, match=r"holds another search \(space.model.width.values: \[0.25, 0.5\] -> \[0.25, 1.0\]"):
+    with pytest.raises(ConfigError,
+                       match=r"holds another search \(space.model.width.values: \[0.25, 0.5\] -> \[0.25, 1.0\]"):
         check_search_folder(settings)
     settings.space, settings.recipe = parse_space(SPACE), base.replace(["train.epochs=2"])
     with pytest.raises(ConfigError, match=r"recipe.train.epochs: 1 -> 2"):

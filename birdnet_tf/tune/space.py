@@ -231,7 +231,7 @@ def _parse_param(key: str, spec: Any, base: Config, where: str) -> Param:
         if log:
             raise ConfigError(f"{where}: give either step or log, not both")
     is_int = isinstance(current, int)
-    if is_int and not (float(lo).is_integer() and float(hi).is_integer() and (step is None or float(step).is_integer())):
+    if is_int and not all(float(v).is_integer() for v in (lo, hi, step if step is not None else 1)):
         raise ConfigError(f"{where}: {key} is an int setting; min, max and step must be whole numbers")
     for v in (lo, hi):
         _check_value(base, key, int(v) if is_int else float(v), where)
