@@ -140,8 +140,9 @@ def check_search_folder(settings: SearchSettings) -> bool:
         old = json.loads(meta.read_text(encoding="utf-8"))
         diffs = _flat_diff({k: old.get(k) for k in ident}, ident)
         if diffs:
-            raise ConfigError(f"{out}: holds another search ({'; '.join(diffs[:6])}{' …' if len(diffs) > 6 else ''}); "
-                              "choose a new --out, or run the same command to continue that one")
+            more = " …" if len(diffs) > 6 else ""
+            raise ConfigError(f"{out}: holds another search ({'; '.join(diffs[:6])}{more}); choose a new --out, "
+                              "or run the same command to continue that one")
         return True
     if out.exists() and (not out.is_dir() or any(p.name != PROJECT for p in out.iterdir())):
         raise ConfigError(f"{out}: exists and holds no birdnet-tf search (no tune.json); choose a new --out")
