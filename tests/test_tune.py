@@ -223,7 +223,7 @@ def test_chief_and_two_workers_on_loopback_run_every_trial_once_and_a_killed_wor
     space = write_space(tmp_path / "space.yaml")
     out, port = tmp_path / "tune", _free_port()
     base = [sys.executable, "-m", "birdnet_tf.cli", "tune", "--space", str(space), "--data", str(data),
-            "--out", str(out), "--max-trials", "2", "--workers", "1", *tiny_set_args(["train.epochs=2"]),
+            "--out", str(out), "--max-trials", "2", "--workers", "1", *tiny_set_args(["train.epochs=3"]),
             "--chief", f"127.0.0.1:{port}"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     procs, logs = {}, {}
@@ -250,12 +250,14 @@ def test_chief_and_two_workers_on_loopback_run_every_trial_once_and_a_killed_wor
         wait_for(lambda: (out / "tune.json").is_file(), "the chief")
         start("w0", "--worker", "w0")
         start("w1", "--worker", "w1")
-        # kill w0 (SIGKILL) once its trial has finished epoch 1 of 2, then start it again with the same ID
+        # kill w0 (SIGKILL) once its trial has finished epoch 1 of 3, then start it again with the same ID
         wait_for(lambda: started("w0"), "w0's trial")
         state = out / "runs" / f"trial_{started('w0')[0]}" / "state.json"
         wait_for(lambda: state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1, "w0's epoch 1")
         procs["w0"].kill()
         procs["w0"].wait(timeout=30)
+        done = json.loads(state.read_text())["epoch"]
+        assert done < 3, "w0 finished its trial before it could be killed"
         first = logs["w0"].read_text()
         start("w0", "--worker", "w0")
         for name in ("w0", "w1", "chief"):
@@ -268,12 +270,12 @@ def test_chief_and_two_workers_on_loopback_run_every_trial_once_and_a_killed_wor
     for name, p in procs.items():
         assert p.returncode == 0, f"{name} exited with {p.returncode}:\n{text[name][-3000:]}"
     trial = state.parent.name.split("_")[1]
-    assert started("w0") == [trial] and f"resuming {state.parent} after epoch 1" in text["w0"]  # taken up again
-    assert "epochs 2..2" in text["w0"] and "epochs 1..2" in first
+    assert started("w0") == [trial] and f"resuming {state.parent} after epoch {done}" in text["w0"]  # taken up again
+    assert f"epochs {done + 1}..3" in text["w0"] and "epochs 1..3" in first
     ids = started("w0") + started("w1")
     assert sorted(ids) == ["0", "1"], ids  # every trial exactly once, over both workers
     table = pd.read_csv(out / "trials.csv")  # written by the chief
     assert len(table) == 2 and set(table["status"]) == {"COMPLETED"}
     for t in range(2):
-        assert list(pd.read_csv(out / "runs" / f"trial_{t}" / "history.csv")["epoch"]) == [0, 1]
+        assert list(pd.read_csv(out / "runs" / f"trial_{t}" / "history.csv")["epoch"]) == [0, 1, 2]
     assert json.loads((out / "tune.json").read_text())["folds"] == 1
