@@ -208,7 +208,7 @@ def _run_dir(out: Path, trial_id: str, fold: int | None) -> Path:
 
 def _tuner_class():
     import keras_tuner as kt
-    from keras_tuner.src.engine import base_tuner
+    from keras_tuner.engine import base_tuner
 
     class RecipeTuner(base_tuner.BaseTuner):
         """Runs each trial as ordinary training runs (one per fold) of the trial's recipe."""
@@ -411,7 +411,7 @@ def run_search(settings: SearchSettings, log=print) -> dict:
 
 def read_trials(settings: SearchSettings) -> list:
     """The Keras Tuner trials of the search folder, in trial order."""
-    from keras_tuner.src.engine.trial import Trial
+    from keras_tuner.engine.trial import Trial
 
     files = sorted((settings.out_dir / PROJECT).glob("trial_*/trial.json"))
     return [Trial.load(str(f)) for f in files]
