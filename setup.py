@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "aiohttp==3.14.5",  # birdnet-tf serve (TF Serving REST API)
     "tensorflow-serving-api==2.21.0",  # gRPC client for TF Serving
     "ai-edge-litert==2.3.0",  # runs exported TFLite models (tf.lite.Interpreter is deprecated)
+    "keras-tuner==1.4.8",  # birdnet-tf tune (needs tensorboard, above: without it every trial fails silently)
 ]
 EXTRAS = {
     # reference implementations used by tests and benchmarks

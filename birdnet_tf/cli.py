@@ -96,6 +96,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    _quiet_tensorflow()
+    from birdnet_tf.tune.search import SearchSettings, run_search, set_distributed_env
+    from birdnet_tf.tune.space import load_space
+
+    set_distributed_env(args.chief, args.worker)
+    cfg = _config(args)
+    settings = SearchSettings(recipe=cfg, space=load_space(args.space, cfg), data_dir=Path(args.data),
+                              out_dir=Path(args.out), tuner=args.tuner, max_trials=args.max_trials, folds=args.folds,
+                              objective=args.objective, seed=args.seed, max_minutes=args.max_minutes,
+                              cache_dir=args.cache, workers=args.workers)
+    run_search(settings, log=_log)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     _quiet_tensorflow()
     from birdnet_tf.evaluate.run import evaluate_run
@@ -327,6 +342,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "$BIRDNET_TF_CACHE/prepared or ~/.cache/birdnet-tf/prepared)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation report at the end")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", parents=[recipe, workers],
+                       help="Keras Tuner search over recipe settings (resumable, recordist folds, distributed)")
+    p.add_argument("--space", required=True, metavar="SPACE.yaml",
+                   help="settings to search: dotted keys mapped to choices, ranges or bool (see README)")
+    p.add_argument("--data", required=True, help="dataset folder, raw or prepared")
+    p.add_argument("--out", required=True, metavar="TUNE_DIR",
+                   help="search folder (created; the same command continues the search in it)")
+    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
+    p.add_argument("--max-trials", type=int, default=10, help="trials in all (default: %(default)s)")
+    p.add_argument("--folds", type=int, default=1,
+                   help="K >= 2: score each trial by the mean over K recordist-grouped folds; "
+                        "1: the recipe's own split (default)")
+    p.add_argument("--objective", default="val_mlrap_bg", help="validation score to maximise (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tuner and the folds (default: %(default)s)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="start no trial that would end after this many minutes, judged by the mean trial time "
+                        "so far (0: no limit)")
+    p.add_argument("--cache", default=None, help="folder to prepare raw audio into (as for train)")
+    p.add_argument("--chief", metavar="HOST:PORT", default=None,
+                   help="distributed search: without --worker, serve the oracle at HOST:PORT; with it, "
+                        "ask the chief there for trials (or set KERASTUNER_* variables)")
+    p.add_argument("--worker", metavar="ID", default=None, help="run as worker ID of the chief at --chief")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="metrics, report and plots of a run's model")
     p.add_argument("run_dir")

@@ -60,7 +60,7 @@ import pandas as pd
 
 from birdnet_tf.errors import CatalogError
 
-__all__ = ["assert_no_leak", "describe_split", "split_catalog"]
+__all__ = ["assert_no_leak", "describe_split", "recordist_groups", "split_catalog"]
 
 SplitBy = Literal["auto", "recordist", "class", "column"]
 
@@ -103,19 +103,13 @@ def _resolve_by(df: pd.DataFrame, by: str) -> str:
     return "class"
 
 
-def _recordist_mask(
-    recordists: list[Any], labels: list[str], val_fraction: float, seed: int, restarts: int
-) -> np.ndarray:
-    """Boolean validation mask of the group split (see the module docstring)."""
-    n = len(labels)
-    # groups: named recordists sorted by name, then one singleton per row without one
-    group_of_name: dict[str, int] = {}
+def recordist_groups(recordists: list[Any]) -> np.ndarray:
+    """Group index per row: named recordists (normalised names, sorted) first, then one group
+    of its own per row without a recordist."""
     names = sorted({k for k in map(_recordist_key, recordists) if k is not None})
-    for name in names:
-        group_of_name[name] = len(group_of_name)
-    n_named = len(group_of_name)
-    row_group = np.empty(n, dtype=np.int64)
-    next_group = n_named
+    group_of_name = {name: i for i, name in enumerate(names)}
+    row_group = np.empty(len(recordists), dtype=np.int64)
+    next_group = len(group_of_name)
     for row, value in enumerate(recordists):
         key = _recordist_key(value)
         if key is None:
@@ -123,7 +117,16 @@ def _recordist_mask(
             next_group += 1
         else:
             row_group[row] = group_of_name[key]
-    n_groups = next_group
+    return row_group
+
+
+def _recordist_mask(
+    recordists: list[Any], labels: list[str], val_fraction: float, seed: int, restarts: int
+) -> np.ndarray:
+    """Boolean validation mask of the group split (see the module docstring)."""
+    n = len(labels)
+    row_group = recordist_groups(recordists)
+    n_groups = int(row_group.max()) + 1 if n else 0
 
     classes = sorted(set(labels))
     class_index = {c: i for i, c in enumerate(classes)}

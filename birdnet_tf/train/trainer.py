@@ -564,7 +564,7 @@ def _trim_history(history: Path, keep_epochs: int) -> None:
 
 def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
           cache_dir: str | os.PathLike | None = None, workers: int = 2, evaluate: bool = True,
-          log=print) -> dict:
+          log=print, val_keys=None) -> dict:
     """Trains a model on a dataset folder into a run folder; resumes an interrupted run.
 
     Args:
@@ -578,6 +578,8 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         cache_dir: Where raw audio is prepared (default: a per-dataset cache folder).
         workers: Processes for decoding audio.
         evaluate: Write the evaluation report of the best model at the end.
+        val_keys: A fixed validation set (catalog keys; ``birdnet-tf tune``'s recordist folds)
+            instead of ``data.split_by``; the other files train. Recordings only, not chunk folders.
 
     Returns:
         A summary dict: run folder, best epoch and score, epochs run, wall time.
@@ -603,6 +605,9 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     make_loss(cfg)  # an unknown train.loss fails here, before anything is written
     # a birdnet-tf extract folder: the baseline's PNG chunks, read as images (checked before anything is written)
     chunk_index = pipeline.read_chunk_index(data_dir, cfg) if pipeline.is_chunk_folder(data_dir) else None
+    if chunk_index is not None and val_keys is not None:
+        raise ConfigError(f"{data_dir}: a given validation set (tune --folds) needs a dataset of recordings, "
+                          "not a folder of PNG chunks")
     if chunk_index is not None and uses_metadata(cfg):
         raise ConfigError(f"{data_dir}: metadata.use={cfg.metadata.use} needs a dataset of recordings, "
                           "not a folder of PNG chunks")
@@ -635,7 +640,16 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     else:
         labels = LabelSet.from_catalog(catalog)
         check_classes(labels, data_dir)
-        train_df, val_df = split_catalog(catalog, cfg.data.val_fraction, cfg.data.seed, cfg.data.split_by)
+        if val_keys is None:
+            train_df, val_df = split_catalog(catalog, cfg.data.val_fraction, cfg.data.seed, cfg.data.split_by)
+        else:  # a given validation set (tune's folds)
+            in_val = catalog["key"].astype(str).isin({str(k) for k in val_keys})
+            if not in_val.any() or in_val.all():
+                raise BirdnetError(f"{data_dir}: the given validation set leaves {'no' if not in_val.any() else 'all'} "
+                                   f"of the {len(catalog)} files for validation")
+            train_df, val_df = catalog[~in_val].copy(), catalog[in_val].copy()
+            train_df["split"], val_df["split"] = "train", "val"
+            val_df.attrs["split"] = {"by": "given validation set"}
         if cfg.train.init_weights:  # checked before anything is written, applied once the model is built
             init_weights = read_init_weights(cfg, len(labels), log)
         labels.save(paths.labels)

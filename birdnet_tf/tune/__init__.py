@@ -1,0 +1,1 @@
+"""Hyperparameter search over recipe settings with Keras Tuner (``birdnet-tf tune``)."""
