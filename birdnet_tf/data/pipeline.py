@@ -63,11 +63,15 @@ def read_pcm16(path: tf.Tensor, byte_offset: tf.Tensor, start: tf.Tensor, count:
     return tf.reshape(x, [-1])
 
 
-def read_excerpt(path: tf.Tensor, offset: tf.Tensor, n_frames: tf.Tensor, n) -> tf.Tensor:
+def read_excerpt(path: tf.Tensor, offset: tf.Tensor, n_frames: tf.Tensor, n, with_span: bool = False):
     """A uniformly placed ``n``-sample excerpt of a 16-bit mono WAV, reading only those samples.
 
     Files shorter than ``n`` are read whole and looped from a random point. ``n`` may be a
     Python int or a scalar tensor (bucketed excerpts choose it per batch).
+
+    With ``with_span`` also returns where the excerpt lies in the file: ``(x, first, end)``
+    samples (int64; a looped short file covers all of it, ``0..n_frames``), so teacher tables
+    can give the excerpt its target (:mod:`birdnet_tf.distill.targets`).
     """
     n_frames = tf.cast(n_frames, tf.int64)
     offset = tf.cast(offset, tf.int64)
@@ -75,16 +79,17 @@ def read_excerpt(path: tf.Tensor, offset: tf.Tensor, n_frames: tf.Tensor, n) -> 
 
     def long_file():
         start = tf.random.uniform((), 0, n_frames - n64 + 1, dtype=tf.int64)
-        return read_pcm16(path, offset, start, n64)
+        return read_pcm16(path, offset, start, n64), start, start + n64
 
     def short_file():
         x = read_pcm16(path, offset, tf.constant(0, tf.int64), n_frames)
         x = loop_to_length(x, n)
         start = tf.random.uniform((), 0, tf.maximum(n_frames, 1), dtype=tf.int64)
-        return tf.roll(x, -tf.cast(start, tf.int32), axis=0)[:n]
+        return tf.roll(x, -tf.cast(start, tf.int32), axis=0)[:n], tf.constant(0, tf.int64), n_frames
 
-    x = tf.cond(n_frames >= n64, long_file, short_file)
-    return tf.cast(x, tf.float32) / 32768.0
+    x, first, end = tf.cond(n_frames >= n64, long_file, short_file)
+    x = tf.cast(x, tf.float32) / 32768.0
+    return (x, first, end) if with_span else x
 
 
 def decode_wav(path: tf.Tensor) -> tf.Tensor:
@@ -193,7 +198,8 @@ def _bucket_batches(file_of_draw: np.ndarray, bucket_of_file: np.ndarray, batch:
 
 
 def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndarray, cfg: Config,
-                     training: bool = True, repeat: bool = False, metadata: np.ndarray | None = None) -> tf.data.Dataset:
+                     training: bool = True, repeat: bool = False, metadata: np.ndarray | None = None,
+                     tables=None) -> tf.data.Dataset:
     """Batches of ``(waveform (B, samples), targets (B, classes))`` for ``model.fit``.
 
     One pass = one epoch: every file appears :func:`excerpts_per_file` times, in a new
@@ -210,6 +216,11 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
         metadata: Optional float32 ``[files, F]`` features, one row per path: the batches
             become ``({"waveform": (B, samples), "metadata": (B, F)}, targets)``, each excerpt
             with its file's row (mixup mixes the rows with the waveforms).
+        tables: Optional :class:`~birdnet_tf.distill.targets.TableTargets` of these paths (teacher
+            tables): the targets become ``{"labels": (B, classes), "table": (B, T, classes),
+            "known": (B, T, classes)}``, each excerpt's teacher scores pooled from the table windows
+            it overlaps (mixup mixes them with the labels; a class is known after mixup when either
+            excerpt knew it, the other contributing its label).
     """
     reps = excerpts_per_file(durations_s, cfg)
     idx = np.repeat(np.arange(len(paths)), reps)
@@ -218,6 +229,14 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
     meta = None if metadata is None else np.asarray(metadata, np.float32).reshape(len(paths), -1)
     batch = cfg.data.batch_size
     columns = (np.asarray(paths, dtype=str), layout[:, 0], layout[:, 1], targets) + ((meta,) if meta is not None else ())
+    sr = float(cfg.audio.sample_rate_hz)
+
+    def excerpt(path, offset, n_frames, n, target, f):
+        """(waveform, *teacher): the excerpt, and with tables its pooled teacher targets [T, C, 2]."""
+        if tables is None:
+            return (read_excerpt(path, offset, n_frames, n),)
+        x, first, end = read_excerpt(path, offset, n_frames, n, with_span=True)
+        return x, tables.pool(f, tf.cast(first, tf.float32) / sr, tf.cast(end, tf.float32) / sr, target)
 
     if bucketed(cfg):
         bucket_of_file, lengths = length_buckets(durations_s, cfg)
@@ -239,8 +258,8 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
             path, offset, n_frames, target = (tf.gather(t, f) for t in table[:4])
             b = tf.gather(bucket_t, f)
             n = tf.gather(lengths_t, b)
-            x = read_excerpt(path, offset, n_frames, n)
-            return (b, x, target) + ((tf.gather(table[4], f),) if meta is not None else ())
+            x, *teacher = excerpt(path, offset, n_frames, n, target, f)
+            return (b, x, target) + ((tf.gather(table[4], f),) if meta is not None else ()) + tuple(teacher)
 
         # the plan's batches arrive whole and in order (deterministic map); grouping by bucket
         # re-forms them, and still keeps lengths apart if the signal filter drops excerpts
@@ -253,13 +272,14 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
         ds = ds.map(lambda b, x, target, *m: (x, target, *m))
     else:
         n = cfg.excerpt_samples
-        ds = tf.data.Dataset.from_tensor_slices(tuple(c[idx] for c in columns))
+        ds = tf.data.Dataset.from_tensor_slices(tuple(c[idx] for c in columns) + (idx,))
         ds = ds.shuffle(len(idx), seed=cfg.data.seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
 
-        def load(path, offset, n_frames, target, *m):
-            return (tf.ensure_shape(read_excerpt(path, offset, n_frames, n), (n,)), target, *m)
+        def load(path, offset, n_frames, target, *m_f):
+            x, *teacher = excerpt(path, offset, n_frames, n, target, m_f[-1])
+            return (tf.ensure_shape(x, (n,)), target, *m_f[:-1], *teacher)
 
         ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
         if training and cfg.data.min_signal_score > 0:
@@ -273,14 +293,32 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
             from birdnet_tf.data.spec_augment import draw_mixup
 
             perm, w = draw_mixup(tf.shape(x)[0], cfg.augment.mixup_prob, cfg.augment.mixup_alpha)
-            mix = lambda v: w[:, None] * v + (1.0 - w[:, None]) * tf.gather(v, perm)  # noqa: E731
-            x, target, m = mix(x), mix(target), tuple(mix(v) for v in m)
+
+            def mix(v):
+                wv = tf.reshape(w, tf.concat([[-1], tf.ones([tf.rank(v) - 1], tf.int32)], 0))
+                return wv * v + (1.0 - wv) * tf.gather(v, perm)
+
+            x, target = mix(x), mix(target)
+            if tables is not None:  # teacher [B, T, C, 2]: scores mixed, known where either knew
+                *m, teacher = m
+                both = tf.stack([mix(teacher[..., 0]), tf.maximum(teacher[..., 1], tf.gather(teacher[..., 1], perm))],
+                                axis=-1)
+                m = tuple(mix(v) for v in m) + (both,)
+            else:
+                m = tuple(mix(v) for v in m)
         return (x, target, *m)
 
     if training:
         ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=False)
-    if meta is not None:
-        ds = ds.map(lambda x, target, m: ({"waveform": x, "metadata": m}, target))
+
+    def structure(x, target, *m):
+        inputs = {"waveform": x, "metadata": m[0]} if meta is not None else x
+        if tables is None:
+            return inputs, target
+        return inputs, {"labels": target, "table": m[-1][..., 0], "known": m[-1][..., 1]}
+
+    if meta is not None or tables is not None:
+        ds = ds.map(structure)
     return ds.prefetch(AUTOTUNE)
 
 
