@@ -199,7 +199,7 @@ def _bucket_batches(file_of_draw: np.ndarray, bucket_of_file: np.ndarray, batch:
 
 def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndarray, cfg: Config,
                      training: bool = True, repeat: bool = False, metadata: np.ndarray | None = None,
-                     tables=None) -> tf.data.Dataset:
+                     tables=None, unlabeled=None) -> tf.data.Dataset:
     """Batches of ``(waveform (B, samples), targets (B, classes))`` for ``model.fit``.
 
     One pass = one epoch: every file appears :func:`excerpts_per_file` times, in a new
@@ -221,6 +221,10 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
             "known": (B, T, classes)}``, each excerpt's teacher scores pooled from the table windows
             it overlaps (mixup mixes them with the labels; a class is known after mixup when either
             excerpt knew it, the other contributing its label).
+        unlabeled: Optional ``(paths, durations_s, tables)`` of recordings without labels (pseudo-labels;
+            fixed-length excerpts only; ``tables`` their TableTargets or None): every batch then holds
+            ``round(distill.pseudo_ratio × batch)`` of their excerpts, with zero labels, and the targets
+            gain ``"labelled"`` ``(B,)``: 1 for the dataset's excerpts, 0 for these (mixup mixes it too).
     """
     reps = excerpts_per_file(durations_s, cfg)
     idx = np.repeat(np.arange(len(paths)), reps)
@@ -231,12 +235,12 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
     columns = (np.asarray(paths, dtype=str), layout[:, 0], layout[:, 1], targets) + ((meta,) if meta is not None else ())
     sr = float(cfg.audio.sample_rate_hz)
 
-    def excerpt(path, offset, n_frames, n, target, f):
+    def excerpt(path, offset, n_frames, n, target, f, pooled=tables):
         """(waveform, *teacher): the excerpt, and with tables its pooled teacher targets [T, C, 2]."""
         if tables is None:
             return (read_excerpt(path, offset, n_frames, n),)
         x, first, end = read_excerpt(path, offset, n_frames, n, with_span=True)
-        return x, tables.pool(f, tf.cast(first, tf.float32) / sr, tf.cast(end, tf.float32) / sr, target)
+        return x, pooled.pool(f, tf.cast(first, tf.float32) / sr, tf.cast(end, tf.float32) / sr, target)
 
     if bucketed(cfg):
         bucket_of_file, lengths = length_buckets(durations_s, cfg)
@@ -285,6 +289,9 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
         if training and cfg.data.min_signal_score > 0:
             keep = signal_filter(cfg)
             ds = ds.filter(lambda x, target, *m: keep(x, target))
+        if unlabeled is not None:
+            ds = ds.map(lambda *e: (*e, tf.constant(1.0)))
+            ds = _mix_unlabeled(ds, unlabeled, targets.shape[1], n, batch, cfg, excerpt)
         ds = ds.batch(batch, drop_remainder=False)
 
     def augment(x, target, *m):  # once per batch, vectorised
@@ -299,13 +306,13 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
                 return wv * v + (1.0 - wv) * tf.gather(v, perm)
 
             x, target = mix(x), mix(target)
-            if tables is not None:  # teacher [B, T, C, 2]: scores mixed, known where either knew
-                *m, teacher = m
-                both = tf.stack([mix(teacher[..., 0]), tf.maximum(teacher[..., 1], tf.gather(teacher[..., 1], perm))],
-                                axis=-1)
-                m = tuple(mix(v) for v in m) + (both,)
-            else:
-                m = tuple(mix(v) for v in m)
+            m = list(m)
+            for i, v in enumerate(m):
+                if tables is not None and i == int(meta is not None):  # teacher [B, T, C, 2]: scores mixed,
+                    m[i] = tf.stack([mix(v[..., 0]), tf.maximum(v[..., 1], tf.gather(v[..., 1], perm))],
+                                    axis=-1)  # known where either excerpt knew
+                else:
+                    m[i] = mix(v)
         return (x, target, *m)
 
     if training:
@@ -313,13 +320,49 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
 
     def structure(x, target, *m):
         inputs = {"waveform": x, "metadata": m[0]} if meta is not None else x
-        if tables is None:
+        if tables is None and unlabeled is None:
             return inputs, target
-        return inputs, {"labels": target, "table": m[-1][..., 0], "known": m[-1][..., 1]}
+        y = {"labels": target}
+        if tables is not None:
+            teacher = m[int(meta is not None)]
+            y.update(table=teacher[..., 0], known=teacher[..., 1])
+        if unlabeled is not None:
+            y["labelled"] = m[-1]
+        return inputs, y
 
-    if meta is not None or tables is not None:
+    if meta is not None or tables is not None or unlabeled is not None:
         ds = ds.map(structure)
     return ds.prefetch(AUTOTUNE)
+
+
+def _mix_unlabeled(ds: tf.data.Dataset, unlabeled, n_classes: int, n: int, batch: int, cfg: Config, excerpt):
+    """``ds`` (unbatched labelled examples ending in their flag 1.0) interleaved with excerpts of
+    unlabelled recordings (zero labels, flag 0.0): of every ``batch`` consecutive examples,
+    ``round(pseudo_ratio × batch)`` (at least 1 when the ratio is > 0) are unlabelled."""
+    paths, durations_s, pooled = unlabeled
+    reps = excerpts_per_file(np.asarray(durations_s, float), cfg)
+    idx = np.repeat(np.arange(len(paths)), reps)
+    layout = np.array([wav_layout(p) for p in paths], np.int64).reshape(-1, 2)
+    zeros = np.zeros((len(paths), n_classes), np.float32)
+    u = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str)[idx], layout[idx, 0], layout[idx, 1],
+                                            zeros[idx], idx))
+    u = u.shuffle(len(idx), seed=cfg.data.seed + 1, reshuffle_each_iteration=True).repeat()
+
+    def load(path, offset, n_frames, target, f):
+        x, *teacher = excerpt(path, offset, n_frames, n, target, f, pooled)
+        return (tf.ensure_shape(x, (n,)), target, *teacher, tf.constant(0.0))
+
+    u = u.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
+    k = unlabeled_per_batch(cfg.distill.pseudo_ratio, batch)
+    choice = tf.data.Dataset.from_tensor_slices(tf.constant([0] * (batch - k) + [1] * k, tf.int64)).repeat()
+    return tf.data.Dataset.choose_from_datasets([ds, u], choice)
+
+
+def unlabeled_per_batch(ratio: float, batch: int) -> int:
+    """Unlabelled excerpts per batch of ``batch`` at ``distill.pseudo_ratio`` (at least 1 when > 0, at most batch − 1)."""
+    if ratio <= 0:
+        return 0
+    return int(min(batch - 1, max(1, round(ratio * batch))))
 
 
 def signal_filter(cfg: Config):

@@ -686,8 +686,21 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             if teachers.tables:
                 tables = TableTargets(teachers.tables, list(train_df["key"]), list(train_df["wav_path"]),
                                       cfg.distill.temperature, log)
+        unlabeled = None
+        if cfg.distill.unlabeled:  # pseudo-labels: recordings without labels, taught by the teachers
+            from birdnet_tf.distill.pseudo import unlabeled_catalog
+            from birdnet_tf.distill.targets import TableTargets
+
+            if pipeline.bucketed(cfg):
+                raise ConfigError("distill.unlabeled needs fixed-length excerpts (data.excerpt_max_s = 0)")
+            u = unlabeled_catalog(cfg.distill.unlabeled, cfg.audio.sample_rate_hz, workers=workers, log=log)
+            unlabeled = (list(u["wav_path"]), u["duration_s"].to_numpy(float), TableTargets(
+                teachers.tables, list(u["key"]), list(u["wav_path"]), cfg.distill.temperature, log)
+                if teachers.tables else None)
+            log(f"pseudo-labels: {len(u)} unlabelled recordings, {pipeline.unlabeled_per_batch(cfg.distill.pseudo_ratio, cfg.data.batch_size)} "
+                f"of every {cfg.data.batch_size} excerpts, teacher confidence >= {cfg.distill.pseudo_min_confidence:g}")
         train_ds = pipeline.training_dataset(list(train_df["wav_path"]), targets, durations, cfg, repeat=True,
-                                             metadata=train_meta, tables=tables)
+                                             metadata=train_meta, tables=tables, unlabeled=unlabeled)
         windows = pipeline.evaluation_windows(list(val_df["wav_path"]), cfg, metadata=val_meta)
     val_primary = primary_indices(val_df, labels)
     val_bg = background_matrix(val_df, labels)
@@ -709,7 +722,8 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         from birdnet_tf.distill.teachers import make_distiller
 
         fit_model = make_distiller(model, teachers.models, len(teachers.tables), teachers.weights,
-                                   cfg.distill.alpha, cfg.model.output_activation, cfg.audio.sample_rate_hz)
+                                   cfg.distill.alpha, cfg.model.output_activation, cfg.audio.sample_rate_hz,
+                                   cfg.distill.pseudo_min_confidence)
         fit_model.compile(optimizer=model.optimizer)
         log(f"distilling from {len(teachers.tables)} teacher table(s) and {len(teachers.models)} model teacher(s), "
             f"alpha {cfg.distill.alpha:g}, weights {np.round(teachers.weights, 3).tolist()}")
