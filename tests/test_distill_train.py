@@ -308,3 +308,21 @@ def test_student_on_real_recordings_agrees_with_its_teacher_above_chance(tmp_pat
     assert len(species) == 3 and agreed["chance"] == pytest.approx(1 / 3)
     print("agreement on real recordings:", agreed)
     assert agreed["top1_agreement"] > agreed["chance"], agreed
+
+
+def test_sigmoid_student_is_taught_absence_by_window_scores():
+    """A noise-only excerpt that a complete table scores low gets a low target at alpha 1 (its file's label
+    does not push it up), and the loss pulls the sigmoid student's score down."""
+    table = table_of(["a", "b"], ["f.wav"], [(0, 0.0, 3.0), (0, 3.0, 6.0)], [[0.95, 0.0], [0.02, 0.01]],
+                     [[1, 1], [1, 1]])
+    pooled = TableTargets([table], ["f.wav"], ["/x/f.wav"], log=lambda m: None)
+    label = tf.constant([1.0, 0.0])
+    silent = pooled.pool(0, 3.0, 6.0, label)[0]  # the excerpt over the silent window
+    target = soft_target(label[None], silent[None, :, 0], silent[None, :, 1], 1.0)
+    np.testing.assert_allclose(target.numpy(), [[0.02, 0.01]], atol=1e-6)
+    logits = tf.Variable([[2.0, -1.0]])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(distill_loss(target, tf.sigmoid(logits), "sigmoid"))
+    assert tape.gradient(loss, logits).numpy()[0, 0] > 0  # gradient descent lowers the "a" score
+    target = soft_target(label[None], silent[None, :, 0], silent[None, :, 1], 0.5)  # half label: 0.51
+    np.testing.assert_allclose(target.numpy(), [[0.51, 0.005]], atol=1e-6)

@@ -724,7 +724,9 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         fit_model = make_distiller(model, teachers.models, len(teachers.tables), teachers.weights,
                                    cfg.distill.alpha, cfg.model.output_activation, cfg.audio.sample_rate_hz,
                                    cfg.distill.pseudo_min_confidence)
-        fit_model.compile(optimizer=model.optimizer)
+        # a SavedModel teacher's call is kept out of XLA (jit_compile "auto" turns XLA on with a GPU)
+        exports = any(t.kind == "export" for t in teachers.models)
+        fit_model.compile(optimizer=model.optimizer, jit_compile=False if exports else "auto")
         log(f"distilling from {len(teachers.tables)} teacher table(s) and {len(teachers.models)} model teacher(s), "
             f"alpha {cfg.distill.alpha:g}, weights {np.round(teachers.weights, 3).tolist()}")
     if chunk_index is not None:  # the extract's noise/ chunks of the training files
