@@ -5,7 +5,7 @@ A teacher is one of:
 - a **run folder** (``config.json`` + ``labels.txt`` + ``best.keras``): its Keras model, frozen;
 - an **export** (``saved_model.pb`` + ``assets.extra/``): its ``serving_default`` (waveform → scores);
 - a **teacher table** (a file: BirdNET-Analyzer CSV, Raven selection table, ``predict --window-s``
-  CSV), read by :func:`birdnet_tf.distill.tables.read_teacher_table` and pooled per excerpt in
+  CSV; or a folder of per-recording result files), read by :func:`birdnet_tf.distill.tables.read_teacher_table` and pooled per excerpt in
   ``tf.data`` (:mod:`birdnet_tf.distill.targets`).
 
 Model teachers score the same augmented batch the student sees, inside the training step
@@ -74,8 +74,16 @@ def teacher_kind(path) -> str:
         return "export"
     if (p / "config.json").is_file() and (p / "labels.txt").is_file():
         return "run"
+    if any(f.is_file() and is_table_name(f.name) for f in p.rglob("*")):
+        return "table"  # a folder of per-recording result files (BirdNET-Analyzer writes one per recording)
     raise BirdnetError(f"{p}: teacher folder is neither a birdnet-tf run (config.json, labels.txt, best.keras) "
-                       "nor an export (saved_model.pb)")
+                       "nor an export (saved_model.pb) nor a folder of teacher tables (*.csv, *.selection.table.txt)")
+
+
+def is_table_name(name: str) -> bool:
+    """Whether a file name looks like a teacher table: a CSV or a Raven selection table."""
+    low = name.lower()
+    return low.endswith(".csv") or low.endswith(".selection.table.txt")
 
 
 def map_labels(teacher_labels, student_labels, source: str) -> tuple[np.ndarray, np.ndarray]:
