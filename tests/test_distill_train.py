@@ -252,6 +252,12 @@ def test_run_with_model_teachers_at_another_rate_resumes(tmp_path, trained_synth
     report = evaluate_run(run, log=lambda m: None)
     agreed = report["teacher_agreement"]
     assert agreed["windows"] > 0 and 0 <= agreed["top1_agreement"] <= 1 and agreed["mean_abs_diff"] >= 0
+    # the student is an ordinary run: it exports (verified against the Keras model) as any other
+    from birdnet_tf.export import ExportedModel, export_run
+
+    export_run(run, tmp_path / "export", log=lambda m: None)
+    scores = ExportedModel(tmp_path / "export")(np.zeros((1, 40000), np.float32))
+    assert scores.shape == (1, 3) and np.all((scores >= 0) & (scores <= 1))
 
 
 # ---------------------------------------------------------- born-again generations

@@ -12,7 +12,7 @@ with per-file row offsets) so the pooling runs vectorised inside ``tf.data``
 
 from __future__ import annotations
 
-from pathlib import Path, PurePath
+from pathlib import PurePath
 
 import numpy as np
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from birdnet_tf.errors import BirdnetError, ConfigError
+from birdnet_tf.errors import BirdnetError
 
 #: What a teacher is: a Keras run, a SavedModel export, or a table of window scores.
 KINDS = ("run", "export", "table")

@@ -691,6 +691,8 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             from birdnet_tf.distill.pseudo import unlabeled_catalog
             from birdnet_tf.distill.targets import TableTargets
 
+            if not teachers.any:
+                raise ConfigError("distill.unlabeled recordings need teachers to label them")
             if pipeline.bucketed(cfg):
                 raise ConfigError("distill.unlabeled needs fixed-length excerpts (data.excerpt_max_s = 0)")
             u = unlabeled_catalog(cfg.distill.unlabeled, cfg.audio.sample_rate_hz, workers=workers, log=log)
@@ -756,7 +758,7 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     log(f"training {what} ({model.count_params():,} parameters, {policy}) on {on}, "
         f"validating on {len(val_df)} files; {steps} steps/epoch, epochs {initial_epoch + 1}..{cfg.train.epochs}")
     fit_model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps, shuffle=False, callbacks=callbacks, verbose=1 if _is_tty() else 2)
+                  steps_per_epoch=steps, shuffle=False, callbacks=callbacks, verbose=1 if _is_tty() else 2)
     state = json.loads(paths.state.read_text()) if paths.state.exists() else state
     summary = _summary(paths, state, t0, epochs_run=int(state.get("epoch", 0)) - initial_epoch)
     if evaluate and paths.best.exists():
