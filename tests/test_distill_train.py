@@ -211,6 +211,11 @@ def test_bad_teachers_are_refused_with_their_reason(tmp_path, trained_synthetic)
     (tmp_path / "analyzer" / "sub").mkdir(parents=True)  # BirdNET-Analyzer's one result file per recording
     (tmp_path / "analyzer" / "sub" / "XC1.BirdNET.selection.table.txt").write_text("Selection\n")
     assert teacher_kind(tmp_path / "analyzer") == "table" and teacher_kind(tmp_path / "neither" / "notes.txt") == "table"
+    from birdnet_tf.distill.teachers import map_labels
+
+    columns, known = map_labels(["Vireo_latimeri", "Setophaga  Adelaidae"], ["setophaga adelaidae", "X y",
+                                                                            "Vireo latimeri"], "t")
+    assert list(columns[known > 0]) == [1, 0] and list(known) == [1, 0, 1]
     with pytest.raises(BirdnetError, match="share none with the student"):
         load_model_teacher(trained_synthetic.run, ["Setophaga adelaidae", "Vireo latimeri"], log=lambda m: None)
     rc, out, err = run_cli(["train", "--data", str(trained_synthetic.data), "--out", str(tmp_path / "r"),

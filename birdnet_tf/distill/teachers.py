@@ -87,14 +87,19 @@ def is_table_name(name: str) -> bool:
 
 
 def map_labels(teacher_labels, student_labels, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """Student → teacher columns by name: ``(columns int32 [C], known float32 [C])``.
+    """Student → teacher columns by name (case, spacing and ``_`` insensitive): ``(columns int32 [C], known float32 [C])``.
 
     Raises:
         BirdnetError: The teacher shares no label with the student.
     """
-    position = {str(label): i for i, label in enumerate(teacher_labels)}
-    columns = np.array([position.get(str(label), 0) for label in student_labels], np.int32)
-    known = np.array([str(label) in position for label in student_labels], np.float32)
+    def norm(label) -> str:  # case, spacing and underscores do not matter
+        return " ".join(str(label).replace("_", " ").lower().split())
+
+    position = {}
+    for i, label in enumerate(teacher_labels):
+        position.setdefault(norm(label), i)
+    columns = np.array([position.get(norm(label), 0) for label in student_labels], np.int32)
+    known = np.array([norm(label) in position for label in student_labels], np.float32)
     if not known.any():
         raise BirdnetError(f"{source}: the teacher's {len(position)} labels (e.g. {', '.join(list(position)[:3])}) "
                            f"share none with the student's (e.g. {', '.join(map(str, list(student_labels)[:3]))})")
