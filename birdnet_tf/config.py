@@ -211,6 +211,7 @@ class DistillConfig:
     temperature: float = 1.0  # teachers' logits / temperature (run folders and tables; exports expose no logits)
     # born-again generations of birdnet-tf distill: each generation's best model teaches the next
     generations: int = 1
+    keep_teachers: bool = False  # born-again generations 1.. keep the recipe's teachers beside the previous generation
     # unlabelled recordings (birdnet-tf distill --unlabeled): their share of every batch, scored by the
     # teachers; an excerpt whose highest teacher score is below pseudo_min_confidence teaches nothing
     unlabeled: tuple[str, ...] = ()

@@ -49,6 +49,10 @@ def test_mean_of_several_teachers_by_hand(tmp_path):
     w = np.array([0.5, 0.25, 0.25])
     t, _ = combine_teachers(scores, known, w)
     np.testing.assert_allclose(t.numpy()[0], [0.5 * 0.9 + 0.25 * 0.5 + 0.25 * 0.1, (0.5 * 0.2) / 0.75, 0.7], atol=1e-6)
+    from birdnet_tf.distill.targets import apply_temperature
+
+    soft = apply_temperature(np.array([0.9, 0.5, 0.1]), 2.0)  # sigmoid(logit(p) / T): nearer 0.5, same order
+    np.testing.assert_allclose(soft, [0.75, 0.5, 0.25], atol=1e-6)
     t, m = combine_teachers(scores, np.zeros_like(known), w)  # nobody knows anything: no teacher at all
     assert not m.numpy().any()
     target = soft_target(tf.constant([[1.0, 0.0, 0.5]]), t, m, 0.5)

@@ -2,7 +2,8 @@
 
 ``birdnet-tf distill --config R --data D --out DIR --generations N [--teacher T ...] [--unlabeled U ...]``
 trains ``DIR/gen-0`` with the recipe's teachers (or none), then ``DIR/gen-K`` with generation
-``K-1``'s run folder (its ``best.keras``) as its only teacher. Every generation is an ordinary run
+``K-1``'s run folder (its ``best.keras``) as its only teacher (``distill.keep_teachers``: beside the
+recipe's teachers, e.g. a BirdNET table). Every generation is an ordinary run
 folder, so a rerun resumes the unfinished generation and skips finished ones. At the end one table,
 ``DIR/generations.csv`` (and printed), holds every generation's validation scores at its best epoch.
 """
@@ -27,12 +28,14 @@ SCORES = ("val_mrr", "val_mlrap_bg", "val_cmap", "val_top1")
 
 def generation_config(cfg: Config, generation: int, out_dir: Path) -> Config:
     """The config of generation ``generation``: the recipe's for 0 (without unlabelled recordings when it has
-    no teacher), else taught by generation − 1 alone."""
+    no teacher), else taught by generation − 1 alone, or with ``distill.keep_teachers`` by generation − 1
+    and the recipe's teachers (their mean)."""
     if generation == 0:  # without teachers nothing can label the unlabelled recordings yet
         return cfg if cfg.distill.teachers else dataclasses.replace(
             cfg, distill=dataclasses.replace(cfg.distill, unlabeled=()))
     teacher = str((out_dir / f"gen-{generation - 1}").resolve())
-    return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teachers=(teacher,), weights=""))
+    kept = tuple(cfg.distill.teachers) if cfg.distill.keep_teachers else ()
+    return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, teachers=(teacher,) + kept, weights=""))
 
 
 def generation_row(run_dir: Path, generation: int, teachers) -> dict:
