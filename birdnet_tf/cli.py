@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from birdnet_tf import __version__
-from birdnet_tf.errors import BirdnetError
+from birdnet_tf.errors import BirdnetError, about
 
 DEFAULT_RECIPE = "pipelines/default.yaml"
 
@@ -119,7 +119,7 @@ def cmd_evaluate(args) -> int:
     from birdnet_tf.evaluate.run import evaluate_run
 
     evaluate_run(args.run_dir, split=args.split, pooling=args.pooling, model_file=args.model,
-                 out_dir=args.out, log=_log)
+                 out_dir=args.out, log=_log, force=args.force)
     return 0
 
 
@@ -194,7 +194,7 @@ def cmd_predict(args) -> int:
     _log(f"wrote {where}: {args.format} for {n_files} file(s), {len(table)} score rows"
          + (f"; {len(failures)} input(s) skipped:" if failures else ""))
     for path, reason in failures:
-        _log(f"  {path}: {reason}")
+        _log(f"  {about(path, reason)}")
     return 0
 
 
@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", default=None, help="mean | max | logmeanexp[:a] | median (default: the run's)")
     p.add_argument("--model", default="best.keras", help="model file in the run folder (default: %(default)s)")
     p.add_argument("--out", default=None, help="report folder (default: RUN_DIR/eval)")
+    p.add_argument("--force", action="store_true", help="replace an earlier report in --out")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="write a verified SavedModel (waveform in, scores out)")

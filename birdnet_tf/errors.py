@@ -20,3 +20,9 @@ class CatalogError(BirdnetError):
 
 class ConfigError(BirdnetError):
     """A recipe or override names an unknown or invalid setting."""
+
+
+def about(path, reason: str) -> str:
+    """``"PATH: REASON"``, naming the file once when ``reason`` already starts with it."""
+    path, reason = str(path), str(reason)
+    return reason if reason.startswith(f"{path}: ") or reason.startswith(f"{path} ") else f"{path}: {reason}"

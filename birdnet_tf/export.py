@@ -45,8 +45,11 @@ import numpy as np
 
 from birdnet_tf.config import Config, read_config_json, save_config
 from birdnet_tf.errors import BirdnetError
+from birdnet_tf.fileio import check_replaceable, replace_folder, restore_folder
 
 EXTRA = "assets.extra"
+#: Files that mark a folder as a birdnet-tf export (what ``export --force`` may replace).
+EXPORT_MARKERS = ("saved_model.pb", f"{EXTRA}/config.json")
 
 
 SIGNATURES = {
@@ -217,9 +220,8 @@ def export_model(model, cfg: Config, labels: list[str], out_dir: str | os.PathLi
     from birdnet_tf.models.metadata import FEATURES_KEY, METADATA_INPUT, has_metadata_input, has_waveform_input
 
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not force:
-            raise BirdnetError(f"{out}: already exists and is not empty; choose another --out or pass --force")
+    restore_folder(out)  # an earlier export killed while replacing its folder
+    check_replaceable(out, EXPORT_MARKERS, "model export", force)
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     with_metadata, meta_facts = has_metadata_input(model), {}
@@ -280,9 +282,7 @@ def export_model(model, cfg: Config, labels: list[str], out_dir: str | os.PathLi
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    replace_folder(tmp, out)  # an existing export stays whole until the new one takes its place
     log(f"exported {out} ({len(labels)} classes, {cfg.audio.sample_rate_hz} Hz waveform input); "
         "reload check passed on silence, noise and a tone")
     return out

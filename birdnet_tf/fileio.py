@@ -144,3 +144,187 @@ def filtered_native_stderr(noise: re.Pattern) -> Iterator[None]:
                     capture.close()
 
 
+
+
+# --------------------------------------------------------------------------
+# Stray temporary files of killed writers
+# --------------------------------------------------------------------------
+
+_PART_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.part(\..*)?$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_parts(*folders: str | os.PathLike) -> list[Path]:
+    """Removes the temporary files (:func:`temp_file_beside`) that killed writers left in ``folders``.
+
+    Only names of the form ``.NAME.PID.HEX.part[SUFFIX]`` whose process is gone are
+    removed (a writer that is still running keeps its file). Returns what was removed.
+    """
+    removed = []
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            m = _PART_NAME.match(entry.name)
+            if not m or _pid_alive(int(m.group(1))):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    import shutil
+
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
+# --------------------------------------------------------------------------
+# Dataset entries: names that must stay inside their dataset
+# --------------------------------------------------------------------------
+
+NAME_MAX_BYTES = 255
+"""Longest file-name component most file systems accept (bytes of UTF-8)."""
+
+
+def entry_problem(name: object) -> str | None:
+    """Why ``name`` cannot be an entry of a dataset folder, or None when it can.
+
+    The one rule every reader of a dataset (catalog, prepare, sort, extract) applies to a
+    file name taken from a table or an XML file: it must be a non-empty relative path
+    (POSIX or Windows separators) that stays inside the folder — no absolute path, no
+    drive, no ``..`` component, no NUL — and each component must fit a file system
+    (:data:`NAME_MAX_BYTES`). Symbolic links the user placed inside a dataset are followed.
+    """
+    if not isinstance(name, str) or not name.strip():
+        return "empty file name"
+    if "\x00" in name:
+        return "file name with a NUL character"
+    text = name.replace("\\", "/")
+    if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
+        return "absolute path (outside the dataset)"
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts:
+        return "file name names no file"
+    if ".." in parts:
+        return "path with '..' (outside the dataset)"
+    try:
+        if any(len(p.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES for p in parts):
+            return f"file name component over {NAME_MAX_BYTES} bytes"
+    except UnicodeError:
+        return "file name that is not valid text"
+    return None
+
+
+def inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """True when ``path`` lies (lexically, after normalising) inside folder ``root``."""
+    root_abs = os.path.normpath(os.path.abspath(root))
+    path_abs = os.path.normpath(os.path.abspath(path))
+    return path_abs == root_abs or path_abs.startswith(root_abs.rstrip(os.sep) + os.sep)
+
+
+# --------------------------------------------------------------------------
+# What --force may replace, and replacing a folder without a gap
+# --------------------------------------------------------------------------
+
+#: Files by which a folder is recognised as written by birdnet-tf (a run, an export, a
+#: prepared dataset, a chunks folder, a sorted dataset); a folder holding a subfolder
+#: with one of them is a parent of outputs (``runs/``, ``models/xc/``) and is never replaced.
+OUTPUT_MARKERS = ("config.json", "state.json", "saved_model.pb", ".birdnet_tf_prepared.json",
+                  "assets.extra/config.json", "chunks.csv", "extract_config.json", "sort_report.json")
+
+
+def check_replaceable(out: str | os.PathLike, markers: tuple[str, ...], what: str, force: bool) -> None:
+    """The one rule for ``--force``: an existing, non-empty ``out`` is replaced only when
+    ``force`` is given and ``out`` holds every one of ``markers`` (it is a ``what`` this
+    package wrote) and no subfolder that is itself a birdnet-tf output.
+
+    Raises:
+        BirdnetError: ``out`` exists and may not be replaced; the message says why.
+    """
+    from birdnet_tf.errors import BirdnetError
+
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise BirdnetError(f"{out}: exists and is not a folder; choose another --out")
+    if not any(out.iterdir()):
+        return
+    if not force:
+        raise BirdnetError(f"{out}: already exists and is not empty; choose another --out or pass --force")
+    own = {m.split("/")[0] for m in markers if "/" in m}  # subfolders the output itself has (assets.extra)
+    for sub in out.iterdir():
+        if sub.name in own:
+            continue
+        if sub.is_dir() and not sub.is_symlink() and any((sub / m).exists() for m in OUTPUT_MARKERS):
+            raise BirdnetError(f"{out}: holds other birdnet-tf outputs (e.g. {sub.name}/); "
+                               "--force never replaces a parent of runs or exports — choose another --out")
+    missing = [m for m in markers if not (out / m).is_file()]
+    if missing:
+        raise BirdnetError(f"{out}: is not a {what} written by birdnet-tf (no {missing[0]}); "
+                           "--force only replaces one — choose another --out")
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swaps two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def replace_folder(new: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Puts finished folder ``new`` at ``out``, replacing an existing ``out`` with no moment
+    when neither exists (an atomic exchange on Linux; elsewhere ``out`` is first renamed to a
+    backup that :func:`restore_folder` puts back if a kill lands between the two renames)."""
+    import shutil
+
+    new, out = Path(new), Path(out)
+    if not out.exists():
+        os.replace(new, out)
+        return
+    if _exchange(str(new), str(out)):
+        shutil.rmtree(new, ignore_errors=True)  # now the old folder
+        return
+    backup = out.with_name(f".{out.name}.old")
+    shutil.rmtree(backup, ignore_errors=True)
+    os.replace(out, backup)
+    os.replace(new, out)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def restore_folder(out: str | os.PathLike) -> None:
+    """Undoes a :func:`replace_folder` that a kill interrupted: puts the backup back when
+    ``out`` is missing, and removes a backup left beside a finished ``out``."""
+    import shutil
+
+    out = Path(out)
+    backup = out.with_name(f".{out.name}.old")
+    if backup.is_dir():
+        if out.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(backup, out)

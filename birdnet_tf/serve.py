@@ -45,6 +45,7 @@ import json
 import os
 import re
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -606,15 +607,29 @@ def _format_predict(sig: Signature, row_format: bool, outputs: dict[str, np.ndar
     return {"predictions": [{k: cols[k][i] for k in cols} for i in range(batch[first])]}
 
 
+def _not_json(name: str):
+    raise RequestError(400, f"malformed JSON in request body: {name} is not a JSON value (send finite numbers)")
+
+
 def predict_json(servable: Servable, body: bytes) -> bytes:
-    """A whole REST :predict call: request body → response body (raises :class:`RequestError`)."""
+    """A whole REST :predict call: request body → response body (raises :class:`RequestError`).
+
+    Only JSON is accepted and written: ``NaN``/``Infinity`` in a request are a 400, and a
+    response never holds them (a model output that is not finite is a 500 that says so).
+    """
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, parse_constant=_not_json)
+        sig, row_format, arrays = _parse_predict(doc, servable)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RequestError(400, f"malformed JSON in request body: {e}") from None
-    sig, row_format, arrays = _parse_predict(doc, servable)
+    except RecursionError:
+        raise RequestError(400, "request body is nested too deeply") from None
     outputs = servable.predict(sig.name, arrays)
-    return json.dumps(_format_predict(sig, row_format, outputs), separators=(",", ":")).encode("utf-8")
+    try:
+        return json.dumps(_format_predict(sig, row_format, outputs), separators=(",", ":"),
+                          allow_nan=False).encode("utf-8")
+    except ValueError:
+        raise RequestError(500, f"signature '{sig.name}' returned NaN or infinite values for this input") from None
 
 
 def status_json(servables: list[Servable]) -> dict:
@@ -636,6 +651,24 @@ class _State:
     max_inflight: int
     log: Callable[[str], None]
     inflight: int = 0
+    large: asyncio.Semaphore | None = None  # one large body read and parsed at a time
+
+
+#: Bodies above this many bytes are read and parsed one at a time (a JSON list of floats
+#: takes ~10× its size while parsed), and memory is handed back to the system afterwards.
+LARGE_BODY_BYTES = 4 * 2**20
+
+
+def _trim_memory() -> None:
+    """Returns freed heap to the system (glibc ``malloc_trim``), so a burst of large requests
+    does not leave the server at its high-water mark."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 _STATE = web.AppKey("birdnet_serve_state", _State)
@@ -697,9 +730,20 @@ async def _predict(request: web.Request, state: _State, servable: Servable) -> w
     try:
         if request.content_length is not None and request.content_length > state.max_body_bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=state.max_body_bytes, actual_size=request.content_length)
-        body = await request.read()
         loop = asyncio.get_running_loop()
-        payload = await loop.run_in_executor(state.executor, predict_json, servable, body)
+        if request.content_length is None or request.content_length > LARGE_BODY_BYTES:
+            if state.large is None:
+                state.large = asyncio.Semaphore(1)
+            async with state.large:
+                try:
+                    body = await request.read()
+                    payload = await loop.run_in_executor(state.executor, predict_json, servable, body)
+                finally:
+                    body = None
+                    await loop.run_in_executor(state.executor, _trim_memory)
+        else:
+            body = await request.read()
+            payload = await loop.run_in_executor(state.executor, predict_json, servable, body)
         return web.Response(body=payload, content_type="application/json")
     finally:
         state.inflight -= 1

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from birdnet_tf.errors import BirdnetError
+from birdnet_tf.errors import BirdnetError, about
 
 #: Supported quantizations, in the order they are written.
 QUANTIZATIONS = ("float32", "float16", "int8")
@@ -449,7 +449,7 @@ def audio_windows(inputs: list[str], window_samples: int, sample_rate_hz: int, m
             parts.append(np.resize(seg, window_samples) if len(seg) < window_samples else seg)
         used.append(path)
     for path, reason in skipped:
-        log(f"warning: skipped {path}: {reason}")
+        log(f"warning: skipped {about(path, reason)}")
     windows = np.stack(parts).astype(np.float32) if parts else np.zeros((0, window_samples), np.float32)
     return windows, used, skipped
 

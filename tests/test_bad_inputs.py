@@ -134,16 +134,28 @@ def test_unusual_formats_are_prepared(tmp_path, capsys):
         assert info.duration == pytest.approx(seconds, abs=0.06)  # MP3 adds encoder padding
 
 
-def test_metadata_with_absolute_filenames_can_be_prepared(tmp_path, capsys):
-    audio = tmp_path / "elsewhere"
-    audio.mkdir()
+def test_metadata_rows_outside_the_dataset_are_never_read_copied_or_moved(tmp_path, capsys):
+    """An absolute filename or one with '..' names a file outside the dataset: prepare skips
+    it with a warning, and sort --mode move leaves it where it is."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
     for name in ("a", "b"):
-        sf.write(audio / f"{name}.wav", tone(1000, 16000, 1.0), 16000)
-    data = write_csv_dataset(tmp_path / "data", [[str(audio / "a.wav"), "A"], [str(audio / "b.wav"), "B"]])
-    rc = main(["prepare", str(data), "--out", str(tmp_path / "p"), "--workers", "1", "--no-progress"])
-    err = capsys.readouterr().err
-    assert rc == 0, err
-    assert len(pd.read_csv(tmp_path / "p" / "metadata.csv")) == 2
+        sf.write(outside / f"{name}.wav", tone(1000, 16000, 1.0), 16000)
+    data = write_csv_dataset(tmp_path / "data", [[str(outside / "a.wav"), "A"], ["../elsewhere/b.wav", "B"],
+                                                 ["audio/ok.wav", "A"], ["audio/ok2.wav", "B"]])
+    (data / "audio").mkdir(exist_ok=True)
+    for name in ("ok", "ok2"):
+        sf.write(data / "audio" / f"{name}.wav", tone(1000, 16000, 1.0), 16000)
+    with pytest.warns(CatalogWarning) as caught:
+        rc = main(["prepare", str(data), "--out", str(tmp_path / "p"), "--workers", "1", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    said = " ".join(str(w.message) for w in caught)
+    assert "absolute path (outside the dataset)" in said and "path with '..' (outside the dataset)" in said
+    assert sorted(pd.read_csv(tmp_path / "p" / "metadata.csv")["source"]) == ["audio/ok.wav", "audio/ok2.wav"]
+    rc = main(["sort", str(data), "--out", str(tmp_path / "sorted"), "--mode", "move", "--min-files", "1"])
+    assert rc == 0, capsys.readouterr().err
+    assert (outside / "a.wav").is_file() and (outside / "b.wav").is_file()
+    assert not list((tmp_path / "sorted").rglob("a.wav")) and not list((tmp_path / "sorted").rglob("b.wav"))
 
 
 # ------------------------------------------------------------------- train

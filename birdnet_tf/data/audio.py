@@ -201,7 +201,7 @@ def load_audio(path: str | os.PathLike, sample_rate_hz: int | None = None) -> tu
     return audio, rate
 
 
-def iter_audio(path: str | os.PathLike, sample_rate_hz: int) -> Iterator[np.ndarray]:
+def iter_audio(path: str | os.PathLike, sample_rate_hz: int, clip: bool = True) -> Iterator[np.ndarray]:
     """Decodes an audio file block by block: float32 mono blocks at ``sample_rate_hz``.
 
     The streaming counterpart of :func:`load_audio` for long recordings: memory stays
@@ -210,7 +210,8 @@ def iter_audio(path: str | os.PathLike, sample_rate_hz: int) -> Iterator[np.ndar
     "HQ"), which gives the same signal as :func:`load_audio`'s one-shot call up to
     rounding. Blocks are read with the same size as :func:`load_audio` reads (a damaged
     MP3's error concealment depends on it), so both decode identical samples. Unlike :func:`load_audio`, a signal whose peak exceeds 1 (float WAV) is
-    clipped to [-1, 1] instead of scaled by its peak, which is only known at the end.
+    clipped to [-1, 1] instead of scaled by its peak, which is only known at the end
+    (``clip=False`` leaves it as decoded, for a caller that scales it afterwards).
 
     Raises:
         AudioDecodeError: as :func:`load_audio`, raised before the first block or, for
@@ -248,7 +249,8 @@ def iter_audio(path: str | os.PathLike, sample_rate_hz: int) -> Iterator[np.ndar
                 raise AudioDecodeError(f"{path}: contains NaN or infinite sample values")
             out = stream.resample_chunk(mono, last=last) if stream is not None else mono
             if out.size:
-                yield np.clip(out, -1.0, 1.0, out=np.ascontiguousarray(out, dtype=np.float32))
+                out = np.ascontiguousarray(out, dtype=np.float32)
+                yield np.clip(out, -1.0, 1.0, out=out) if clip else out
             if last:
                 break
     finally:

@@ -58,7 +58,7 @@ from typing import Any
 
 import pandas as pd
 
-from birdnet_tf.fileio import atomic_path
+from birdnet_tf.fileio import atomic_path, entry_problem
 from birdnet_tf.errors import CatalogError
 
 __all__ = [
@@ -164,6 +164,19 @@ def _normalise_key(filename: str) -> str:
     return posixpath.normpath(filename.replace("\\", "/"))
 
 
+def _shown(name: str, limit: int = 60) -> str:
+    """A file name cut to ``limit`` characters for a message."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` that answers False for any name the system refuses (too long, a link loop)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _examples(items: list[Any]) -> str:
     shown = ", ".join(str(item) for item in items[:_MAX_EXAMPLES])
     return shown + (", ..." if len(items) > _MAX_EXAMPLES else "")
@@ -232,6 +245,10 @@ def _load_metadata_csv(data_dir: Path, check_files: bool) -> pd.DataFrame:
         if filename is pd.NA:
             skipped.append((row_number, "empty filename"))
             continue
+        problem = entry_problem(filename)
+        if problem is not None:
+            skipped.append((_shown(filename), f"unsafe filename: {problem}"))
+            continue
         key = _normalise_key(filename)
         if label is pd.NA:
             skipped.append((key, "empty primary_label"))
@@ -239,8 +256,8 @@ def _load_metadata_csv(data_dir: Path, check_files: bool) -> pd.DataFrame:
         if key in seen:
             skipped.append((key, "duplicate filename"))
             continue
-        path = Path(key) if Path(key).is_absolute() else data_dir / key
-        if check_files and not path.is_file():
+        path = data_dir / key
+        if check_files and not _is_file(path):
             skipped.append((key, "audio file not found"))
             continue
         seen.add(key)
@@ -271,13 +288,26 @@ def _load_class_folders(data_dir: Path) -> pd.DataFrame:
             f"{METADATA_FILENAME} table or one subfolder per class holding audio files"
         )
     records: list[dict[str, Any]] = []
+    skipped: list[tuple[Any, str]] = []
     for class_dir in class_dirs:
+        seen_dirs: set[tuple[int, int]] = set()  # linked folders are followed, each real folder once
         for root, dirs, files in os.walk(class_dir, followlinks=True):
+            try:
+                st = os.stat(root)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                dirs[:] = []
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
             dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
             for name in sorted(files):
                 if _is_hidden(name) or Path(name).suffix.lower() not in AUDIO_SUFFIXES:
                     continue
                 path = Path(root) / name
+                if not _is_file(path):  # a broken link, a link loop, a FIFO
+                    skipped.append((path.relative_to(data_dir).as_posix(), "not a readable file"))
+                    continue
                 key = path.relative_to(data_dir).as_posix()
                 records.append(
                     {"key": key, "path": os.path.abspath(path), "primary_label": class_dir.name, "secondary_labels": []}
@@ -287,8 +317,9 @@ def _load_class_folders(data_dir: Path) -> pd.DataFrame:
             f"{data_dir}: empty dataset: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) "
             f"in its {len(class_dirs)} class folders ({_examples([d.name for d in class_dirs])})"
         )
+    _warn_skipped(data_dir, len(records) + len(skipped), skipped)
     catalog = _finish(pd.DataFrame.from_records(records), [])
-    catalog.attrs["skipped"] = []
+    catalog.attrs["skipped"] = skipped
     catalog.attrs["source"] = str(data_dir)
     return catalog
 
@@ -437,14 +468,15 @@ def load_birdclef_xml(
         if filename is pd.NA:
             skipped.append((xml_path.name, "no FileName"))
             continue
-        name = _normalise_key(filename)
-        if Path(name).is_absolute() or name.split("/")[0] == ".." or name == ".":
+        problem = entry_problem(filename)
+        if problem is not None:
             skipped.append((xml_path.name, "unsafe FileName"))
             continue
+        name = _normalise_key(filename)
         if name in seen:
             skipped.append((xml_path.name, "FileName repeated"))
             continue
-        found = next(((place / name, prefix) for place, prefix in places if (place / name).is_file()), None)
+        found = next(((place / name, prefix) for place, prefix in places if _is_file(place / name)), None)
         if found is None:
             skipped.append((xml_path.name, "audio file not found"))
             continue

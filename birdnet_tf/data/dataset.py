@@ -62,9 +62,8 @@ def prepare_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, sam
     """
     catalog = load_catalog(data_dir)
     out_dir = Path(out_dir)
-    catalog["key"] = [_relative_key(k) for k in catalog["key"]]
     result = prepare(list(zip(catalog["key"], catalog["path"])), out_dir, sample_rate_hz,
-                     workers=workers, progress=progress)
+                     workers=workers, progress=progress, source=str(Path(data_dir).resolve()))
     log(result.summary())
     if not result.done:
         from birdnet_tf.errors import BirdnetError
@@ -78,15 +77,6 @@ def prepare_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, sam
     _write_metadata(prepared, out_dir)
     prepared.attrs["failed"] = list(result.failed)
     return prepared.reset_index(drop=True)
-
-
-def _relative_key(key: str) -> str:
-    """Keys of files outside the dataset folder (absolute ``filename``s) become ``external/<hash>/<name>``."""
-    p = Path(key)
-    if not p.is_absolute() and ".." not in p.parts:
-        return key
-    digest = hashlib.sha1(str(p).encode("utf-8")).hexdigest()[:10]
-    return f"external/{digest}/{p.name}"
 
 
 def _write_metadata(prepared: pd.DataFrame, out_dir: Path) -> None:

@@ -27,12 +27,13 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from birdnet_tf.data.audio import load_audio, read_wav_header, write_wav16
-from birdnet_tf.fileio import write_json_atomic
+from birdnet_tf.data.audio import iter_audio, read_wav_header
+from birdnet_tf.fileio import atomic_path, entry_problem, remove_stale_parts, write_json_atomic
 from birdnet_tf.errors import BirdnetError
 
 __all__ = ["MARKER_NAME", "REPORT_NAME", "PrepareResult", "prepare", "output_path_for"]
@@ -139,14 +140,50 @@ def _convert_one(source: str, output: str, sample_rate_hz: int) -> tuple[float |
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            audio, rate = load_audio(source, sample_rate_hz)
             out = Path(output)
             out.parent.mkdir(parents=True, exist_ok=True)
-            write_wav16(out, audio, rate)
-            result: tuple[float | None, str | None] = (audio.shape[0] / rate, None)
+            n = stream_wav16(lambda: iter_audio(source, sample_rate_hz, clip=False), out, sample_rate_hz)
+            result: tuple[float | None, str | None] = (n / sample_rate_hz, None)
         except Exception as e:  # noqa: BLE001 - one file must never stop the job
             result = (None, failure_reason(e, source))
     return result[0], result[1], [_one_line(str(w.message)) for w in caught]
+
+
+def stream_wav16(blocks: Callable[[], Iterable[np.ndarray]], path: Path, sample_rate_hz: int) -> int:
+    """Writes the float blocks of ``blocks()`` as a mono 16-bit PCM WAV (canonical 44-byte
+    header), atomically, holding one block in memory whatever the recording's length.
+
+    Like :func:`~birdnet_tf.data.audio.write_wav16`, a signal whose peak exceeds 1 is scaled
+    down by its peak rather than clipped: the peak is known only at the end, so such a
+    file (a float WAV, a codec's overshoot) is decoded a second time. Returns the sample count.
+    """
+    import struct
+
+    def header(n: int) -> bytes:
+        return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + 2 * n, b"WAVE", b"fmt ", 16, 1, 1,
+                           sample_rate_hz, sample_rate_hz * 2, 2, 16, b"data", 2 * n)
+
+    def write(tmp: Path, scale: float) -> tuple[int, float]:
+        n, peak = 0, 0.0
+        with open(tmp, "wb") as f:
+            f.write(header(0))
+            for block in blocks():
+                x = np.asarray(block, np.float32)
+                if x.size:
+                    peak = max(peak, float(np.max(np.abs(x))))
+                    f.write(np.rint(np.clip(x * np.float32(scale), -32767.0, 32767.0)).astype("<i2").tobytes())
+                    n += x.size
+            if 2 * n + 36 >= 2**32:
+                raise BirdnetError(f"{path}: too long for a WAV file ({n / sample_rate_hz / 3600:.1f} h)")
+            f.seek(0)
+            f.write(header(n))
+        return n, peak
+
+    with atomic_path(path) as tmp:
+        n, peak = write(tmp, 32767.0)
+        if peak > 1.0:
+            n, _ = write(tmp, 32767.0 / peak)
+    return n
 
 
 def _valid_output(path: Path, sample_rate_hz: int) -> float | None:
@@ -169,9 +206,15 @@ def _valid_output(path: Path, sample_rate_hz: int) -> float | None:
 # --------------------------------------------------------------------------
 
 
-def _check_marker(out_dir: Path, sample_rate_hz: int) -> None:
+def _check_marker(out_dir: Path, sample_rate_hz: int, source: str | None = None) -> None:
+    """Refuses an ``out_dir`` that this package did not write (not empty, no marker), one prepared
+    at another rate, or one prepared from another dataset (``source``): files are never mixed."""
     marker = out_dir / MARKER_NAME
     if not marker.exists():
+        if out_dir.is_dir() and any(out_dir.iterdir()):
+            raise BirdnetError(
+                f"{out_dir}: folder is not empty and was not written by prepare (no {MARKER_NAME}); "
+                "refusing to write into it — choose a new output folder")
         return
     try:
         data = json.loads(marker.read_text(encoding="utf-8"))
@@ -186,6 +229,12 @@ def _check_marker(out_dir: Path, sample_rate_hz: int) -> None:
             f"{out_dir}: already holds audio prepared at {rate} Hz, not {sample_rate_hz} Hz; "
             "choose another output folder (rates are never mixed in one folder)"
         )
+    old = data.get("source")
+    if source is not None and old is not None and old != source:
+        raise BirdnetError(
+            f"{out_dir}: already holds audio prepared from {old}, not {source}; "
+            "choose another output folder (datasets are never mixed in one folder)"
+        )
 
 
 # --------------------------------------------------------------------------
@@ -196,9 +245,10 @@ def _check_marker(out_dir: Path, sample_rate_hz: int) -> None:
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key.strip():
         raise BirdnetError(f"prepare: invalid key {key!r} (expected a relative path such as 'audio/XC1.mp3')")
-    posix, win = PurePosixPath(key.replace("\\", "/")), PureWindowsPath(key)
-    if posix.is_absolute() or win.is_absolute() or win.drive or ".." in posix.parts:
-        raise BirdnetError(f"prepare: key {key!r} must be a relative path inside the output folder")
+    problem = entry_problem(key)  # the dataset-entry rule catalog, sort and extract share
+    if problem is not None:
+        raise BirdnetError(f"prepare: key {key!r} must be a relative path inside the output folder ({problem})")
+    posix = PurePosixPath(key.replace("\\", "/"))
     if posix.name in ("", ".", MARKER_NAME, REPORT_NAME):
         raise BirdnetError(f"prepare: key {key!r} does not name a file")
     return key
@@ -257,6 +307,20 @@ def _plan(files: Iterable[tuple[str, str | os.PathLike]], out_dir: Path) -> list
     return plan
 
 
+def _exit_with_parent() -> None:
+    """Worker initializer: the worker exits when the process that started it is gone
+    (``kill -9`` of prepare), instead of waiting for ever on its pipe."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _pool_context() -> multiprocessing.context.BaseContext:
     """``fork`` where it is safe and cheap (Linux, no extra threads, no TensorFlow), else ``spawn``."""
     if (
@@ -279,6 +343,7 @@ def prepare(
     sample_rate_hz: int,
     workers: int = 2,
     progress: bool = True,
+    source: str | None = None,
 ) -> PrepareResult:
     """Decodes audio files into 16-bit mono WAV at one sample rate.
 
@@ -301,6 +366,8 @@ def prepare(
             script that calls this with spawned workers needs the usual
             ``if __name__ == "__main__":`` guard).
         progress: Show a tqdm progress bar (only on a terminal).
+        source: What the files come from (a dataset folder), recorded in the marker; a
+            folder prepared from another source is refused.
 
     Returns:
         The :class:`PrepareResult`; its ``summary()`` is ready to print.
@@ -323,11 +390,13 @@ def prepare(
         raise BirdnetError(f"{out_dir}: output folder exists but is not a folder")
 
     plan = _plan(files, out_dir)
-    _check_marker(out_dir, sample_rate_hz)
+    _check_marker(out_dir, sample_rate_hz, source)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
-        out_dir / MARKER_NAME, {"sample_rate_hz": sample_rate_hz, "format": _MARKER_FORMAT}
+        out_dir / MARKER_NAME, {"sample_rate_hz": sample_rate_hz, "format": _MARKER_FORMAT,
+                                **({"source": source} if source is not None else {})}
     )
+    remove_stale_parts(*{out.parent for _, _, out in plan})  # WAVs of a killed run
 
     result = PrepareResult(out_dir=out_dir, sample_rate_hz=sample_rate_hz)
     todo: list[tuple[str, Path, Path]] = []
@@ -405,7 +474,7 @@ def _run_pool(
         The items lost to a broken pool (a worker died), in ``todo`` order.
     """
     crashed: list[int] = []
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent) as pool:
         futures = {
             pool.submit(_convert_one, str(item[1]), str(item[2]), sample_rate_hz): i
             for i, item in enumerate(todo)

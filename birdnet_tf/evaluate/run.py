@@ -100,16 +100,21 @@ def _chunk_split_rows(run_dir: Path, split: str, cfg, extra: dict, log):
 
 
 def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | None = None,
-                 model_file: str = "best.keras", out_dir: str | os.PathLike | None = None, log=print) -> dict:
+                 model_file: str = "best.keras", out_dir: str | os.PathLike | None = None, log=print,
+                 force: bool = False) -> dict:
     """Evaluates a run's model on its validation files (or ``train`` / ``all``).
 
     Scores every evaluation window, pools the windows of each file with every method of
     :data:`~birdnet_tf.evaluate.pooling.POOLINGS`, and reports the metrics of ``pooling``
     (default: the config's ``data.file_pooling``) with the others side by side.
 
+    An ``out_dir`` other than the run's own ``eval/`` that exists and is not empty is refused
+    unless ``force`` (and then only when it holds an earlier report, ``report.json``).
+
     Returns:
         The metrics dict also written to ``report.json``, plus ``report_dir``.
     """
+    from birdnet_tf.fileio import check_replaceable
     from birdnet_tf.models.build import load_keras_model
 
     from birdnet_tf.data.labels import LabelSet, background_matrix, primary_indices
@@ -123,6 +128,8 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | 
     model_path = run_dir / model_file
     if not model_path.is_file():
         raise BirdnetError(f"{model_path}: no model to evaluate (has training finished an epoch?)")
+    if out_dir is not None and Path(out_dir).resolve() != (run_dir / "eval").resolve():
+        check_replaceable(out_dir, ("report.json",), "report folder", force)  # before any work
     cfg, extra = read_config_json(run_dir / "config.json")
     pooling = pooling or cfg.data.file_pooling
     pool(np.zeros((1, 1)), pooling)  # validates the name before any work

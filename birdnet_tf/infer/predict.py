@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from birdnet_tf.fileio import atomic_path
-from birdnet_tf.errors import BirdnetError
+from birdnet_tf.errors import BirdnetError, about
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -232,7 +232,7 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
         metadata = read_metadata_csv(metadata)  # a bad CSV fails before any audio is decoded
     files, failures = expand_inputs(inputs)
     for path, reason in failures:
-        log(f"skipped: {path}: {reason}")
+        log(f"skipped: {about(path, reason)}")
     features = file_metadata(model, files, metadata, log)
     if engine == "whole" and not model.extra.get("whole_recording"):
         log("note: this export has no whole-recording signatures; scoring windows one by one")

@@ -77,7 +77,7 @@ import numpy as np
 import pandas as pd
 
 from birdnet_tf.data.metadata import FIELDS
-from birdnet_tf.errors import AudioDecodeError, BirdnetError
+from birdnet_tf.errors import AudioDecodeError, BirdnetError, about
 
 TASKS: tuple[str, ...] = ("monophone", "soundscape")
 """The BirdCLEF 2018 tasks a run file can be written for."""
@@ -711,7 +711,7 @@ def submit(task: str, models: str | os.PathLike | Sequence[str | os.PathLike], a
             log(f"warning: the models were trained on excerpts of {sorted(excerpts)} s; "
                 f"every model scores the same {window_s:g}-s windows")
     for path, reason in problems:
-        log(f"skipped: {path}: {reason}")
+        log(f"skipped: {about(path, reason)}")
     failures = list(problems)
     rows: list[list] = []
     for index, path in enumerate(tqdm(files, desc=f"submit {task}", unit="file",

@@ -473,7 +473,9 @@ class WholeRecordingModel:
         """Streams audio blocks through the front: ``(Frames [frames, bands], n_samples)``.
 
         A recording shorter than ``min_samples`` (or than one receptive field) is looped
-        to that length first, as the sliding-window path and the export do. Frames are
+        to that length first, as the sliding-window path and the export do; ``n_samples``
+        is the recording's own length all the same (its windows and end times are the
+        recording's, not the loop's). Frames are
         copied into one buffer sized for ``expected_samples`` (grown if the stream is
         longer), so the front's output tensors are freed at once.
         """
@@ -496,7 +498,7 @@ class WholeRecordingModel:
             buf = np.resize(buf, min_samples)
         if len(buf) >= g.n_fft:
             store.append(self._front(buf[None])[0])
-        return Frames([store.array()]), max(total, min_samples)
+        return Frames([store.array()]), total
 
     def centre(self, spec: Frames) -> Frames:
         """Band centring by the recording's mean (in place) when the model centres."""

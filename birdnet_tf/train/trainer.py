@@ -5,7 +5,7 @@ A run folder holds::
     config.json      resolved config + package version + data folder
     labels.txt       class order of the model outputs
     split.csv        which file went where (train/val), with its prepared WAV
-    history.csv      one row per finished epoch (Keras CSVLogger, appended on resume)
+    history.csv      one row per finished epoch (CSVLogger's columns; rewritten atomically each epoch)
     state.json       last finished epoch, best score and epoch
     checkpoints/     last.keras (model + optimizer, for resuming), epoch_NNN.weights.h5
     best.keras       the model of the best epoch by ``train.monitor``
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from birdnet_tf.config import Config, read_config_json, save_config
-from birdnet_tf.fileio import write_json_atomic
+from birdnet_tf.fileio import atomic_path, remove_stale_parts, write_json_atomic, write_text_atomic
 from birdnet_tf.errors import BirdnetError, ConfigError
 
 
@@ -93,6 +93,13 @@ def check_run_folder(paths: RunPaths, cfg: Config) -> bool:
             f"{paths.root}: holds a run with a different config ({'; '.join(diffs[:6])}"
             f"{' …' if len(diffs) > 6 else ''}); choose a new --out to start another run")
     return True
+
+
+def check_classes(labels, data_dir: Path) -> None:
+    """Refuses a dataset of one class: a classifier needs two (one softmax output scores 1.0 always)."""
+    if len(labels) < 2:
+        raise BirdnetError(f"{data_dir}: the dataset has {len(labels)} class ({', '.join(labels) or 'none'}); "
+                           "a classifier needs at least two — add recordings of another species")
 
 
 def check_input_length(cfg: Config) -> None:
@@ -442,10 +449,14 @@ def _callbacks_module():
             if improved:
                 _atomic_save(model, self.paths.best)
                 self.state.update(best=value, best_epoch=epoch + 1, best_time_s=logs["time_s"])
-            model.save_weights(str(self.paths.checkpoints / f"epoch_{epoch + 1:03d}.weights.h5"))
+            with atomic_path(self.paths.checkpoints / f"epoch_{epoch + 1:03d}.weights.h5",
+                             suffix=".weights.h5") as tmp:
+                model.save_weights(str(tmp))
             _atomic_save(model, self.paths.last)
             self.state.update(epoch=epoch + 1, monitor=self.monitor,
                               **{f"last_{k}": float(v) for k, v in logs.items() if np.isscalar(v)})
+            # history before state: a kill between the two leaves a row that the rerun trims
+            append_history_row(self.paths.history, epoch, logs)
             write_json_atomic(self.paths.state, self.state)
             marker = " *best*" if improved else ""
             print(f"epoch {epoch + 1}: {self.monitor} {value:.4f} (best {self.state['best']:.4f} "
@@ -508,8 +519,6 @@ def _callbacks_module():
 
 
 def _atomic_save(model, path: Path) -> None:
-    from birdnet_tf.fileio import atomic_path
-
     with atomic_path(path, suffix=".keras") as tmp:  # Keras insists on the suffix
         model.save(str(tmp))
 
@@ -527,14 +536,35 @@ def file_metrics(scores: np.ndarray, primary_idx: np.ndarray, background: np.nda
     return {"loss": value, **{k: float(m[k]) if m[k] is not None else float("nan") for k in keys}}
 
 
+def read_history_rows(history: Path) -> pd.DataFrame:
+    """The rows of ``history.csv``; an empty or unreadable file (a run killed by an older
+    version while Keras' CSVLogger was writing) counts as no rows."""
+    try:
+        return pd.read_csv(history)
+    except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError):
+        return pd.DataFrame()
+
+
+def append_history_row(history: Path, epoch: int, logs: dict) -> None:
+    """Adds (or replaces) the row of 0-based ``epoch`` in ``history.csv``, rewriting the file
+    atomically, in Keras CSVLogger's layout (``epoch`` then the metrics in sorted order)."""
+    df = read_history_rows(history)
+    if "epoch" in df.columns:
+        df = df[df["epoch"] < epoch]
+    row = {"epoch": epoch, **{k: float(v) for k, v in sorted(logs.items()) if np.isscalar(v)}}
+    df = pd.concat([df, pd.DataFrame([row])], ignore_index=True) if len(df) else pd.DataFrame([row])
+    write_text_atomic(history, df.to_csv(index=False))
+
+
 def _trim_history(history: Path, keep_epochs: int) -> None:
     """Drops history rows of epochs after the last checkpoint (they will be run again)."""
     if not history.exists():
         return
-    df = pd.read_csv(history)
-    if "epoch" in df.columns and (df["epoch"] >= keep_epochs).any():
-        df = df[df["epoch"] < keep_epochs]
-        df.to_csv(history, index=False)
+    df = read_history_rows(history)
+    if "epoch" not in df.columns:  # empty or broken: the finished epochs' rows are lost, not the run
+        history.unlink()
+    elif (df["epoch"] >= keep_epochs).any():
+        write_text_atomic(history, df[df["epoch"] < keep_epochs].to_csv(index=False))
 
 
 def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -616,6 +646,7 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         log(f"resuming {paths.root} after epoch {state.get('epoch', 0)}")
     else:
         labels = LabelSet.from_catalog(catalog)
+        check_classes(labels, data_dir)
         train_df, val_df = split_catalog(catalog, cfg.data.val_fraction, cfg.data.seed, cfg.data.split_by)
         if cfg.train.init_weights:  # checked before anything is written, applied once the model is built
             init_weights = read_init_weights(cfg, len(labels), log)
@@ -737,6 +768,7 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     elif cfg.metadata.use != "only":
         set_noise_bank(model, list(train_df["wav_path"]), cfg, log)
     _trim_history(paths.history, initial_epoch)
+    remove_stale_parts(paths.root, paths.checkpoints)  # temporary files of a killed save
 
     FileValidation, RunCheckpoint, PlateauDecay = _callbacks_module()
     t = cfg.train
@@ -747,7 +779,6 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         FileValidation(windows, val_primary, val_bg, val_targets, cfg.data.file_pooling, cfg.train.loss),
         *plateau,  # before RunCheckpoint, which saves its counters
         RunCheckpoint(paths, cfg.train.monitor, cfg.train.early_stopping_patience, state),
-        keras.callbacks.CSVLogger(str(paths.history), append=True),
         keras.callbacks.TensorBoard(log_dir=str(paths.logs), write_graph=False, profile_batch=0),
     ]
     on = f"{len(train_rows)} chunks of {len(train_df)} files" if chunk_index is not None else f"{len(train_df)} files"
@@ -902,6 +933,7 @@ def _setup_chunk_run(cfg: Config, index, data_dir: Path, paths: RunPaths, resume
         log(f"resuming {paths.root} after epoch {json.loads(paths.state.read_text()).get('epoch', 0) if paths.state.exists() else 0}")
         return labels, files[files["split"] == "train"], files[files["split"] == "val"], None
     labels = LabelSet.from_catalog(files)
+    check_classes(labels, data_dir)
     # extract writes split "all" when its dataset had no split: then split the files here
     table = files.drop(columns="split") if (files["split"] == "all").all() else files
     train_df, val_df = split_catalog(table, cfg.data.val_fraction, cfg.data.seed, cfg.data.split_by)
