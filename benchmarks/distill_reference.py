@@ -77,11 +77,13 @@ def file_metrics(scores: np.ndarray, val: pd.DataFrame, labels: list[str]) -> di
 
 def birdnet_file_rows(table_csv: str | os.PathLike, val: pd.DataFrame, labels: list[str]) -> dict:
     """BirdNET zero-shot on the validation files, from a complete teacher table (max over windows)."""
-    from birdnet_tf.distill.tables import match_table_files, read_teacher_table
+    from birdnet_tf.distill.tables import read_teacher_table
+    from birdnet_tf.distill.targets import match_table_files
 
     t = read_teacher_table(table_csv, labels, log=lambda _m: None)
-    where = match_table_files(t, list(val["key"]))
-    missing = [k for k in val["key"] if k not in where]
+    keys = list(val["key"])
+    where = dict(zip(keys, match_table_files(t, keys, keys)))
+    missing = [k for k in keys if where[k] < 0]
     if missing:
         raise BirdnetError(f"{table_csv}: lacks {len(missing)} validation file(s), e.g. {missing[:3]}")
     s = np.where(t.known, t.scores, 0.0)

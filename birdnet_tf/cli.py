@@ -87,7 +87,9 @@ def cmd_train(args) -> int:
     _quiet_tensorflow()
     from birdnet_tf.train.trainer import train
 
-    cfg = _config(args)
+    from birdnet_tf.distill.setup import with_teachers
+
+    cfg = with_teachers(_config(args), args.teacher)
     summary = train(cfg, args.data, args.out, cache_dir=args.cache, workers=args.workers,
                     evaluate=not args.no_eval, log=_log)
     _log(f"best model: {summary['best_model']} (epoch {summary['best_epoch']}, "
@@ -108,6 +110,22 @@ def cmd_tune(args) -> int:
                               objective=args.objective, seed=args.seed, max_minutes=args.max_minutes,
                               cache_dir=args.cache, workers=args.workers)
     run_search(settings, log=_log)
+    return 0
+
+
+def cmd_distill(args) -> int:
+    _quiet_tensorflow()
+    import dataclasses
+
+    from birdnet_tf.distill.generations import distill_generations
+    from birdnet_tf.distill.setup import with_teachers
+
+    cfg = with_teachers(_config(args), args.teacher)
+    if args.unlabeled:
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(
+            cfg.distill, unlabeled=tuple(cfg.distill.unlabeled) + tuple(args.unlabeled)))
+    distill_generations(cfg, args.data, args.out, generations=args.generations, cache_dir=args.cache,
+                        workers=args.workers, evaluate=not args.no_eval, log=_log)
     return 0
 
 
@@ -341,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder to prepare raw audio into (default: a folder per dataset and rate under "
                         "$BIRDNET_TF_CACHE/prepared or ~/.cache/birdnet-tf/prepared)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation report at the end")
+    p.add_argument("--teacher", action="append", default=[], metavar="RUN_EXPORT_OR_TABLE",
+                   help="distil from this teacher (repeatable; adds to distill.teachers): a run folder, an "
+                        "export folder or a teacher table (BirdNET-Analyzer CSV, Raven table, predict --window-s CSV)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", parents=[recipe, workers],
@@ -366,6 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "ask the chief there for trials (or set KERASTUNER_* variables)")
     p.add_argument("--worker", metavar="ID", default=None, help="run as worker ID of the chief at --chief")
     p.set_defaults(func=cmd_tune)
+    p = sub.add_parser("distill", parents=[recipe, workers],
+                       help="born-again generations: each generation's best model teaches the next")
+    p.add_argument("--data", required=True, help="dataset folder, raw or prepared")
+    p.add_argument("--out", required=True, help="folder of the generations' run folders gen-0, gen-1, ... (resumable)")
+    p.add_argument("--generations", type=int, default=None, help="how many (default: distill.generations)")
+    p.add_argument("--teacher", action="append", default=[], metavar="RUN_EXPORT_OR_TABLE",
+                   help="teacher of generation 0 (repeatable; adds to distill.teachers)")
+    p.add_argument("--unlabeled", nargs="+", default=[], metavar="DIR",
+                   help="folders of recordings without labels, scored by the teachers and mixed into training "
+                        "(distill.pseudo_ratio, distill.pseudo_min_confidence)")
+    p.add_argument("--cache", default=None, help="folder to prepare raw audio into (default: as train)")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation reports")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("evaluate", help="metrics, report and plots of a run's model")
     p.add_argument("run_dir")

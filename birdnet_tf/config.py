@@ -198,6 +198,28 @@ class MetadataConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Teacher-soft-target distillation (:mod:`birdnet_tf.distill`): the training target of a class a
+    teacher knows is ``alpha · teacher + (1 − alpha) · label``; a class no teacher knows is taught by
+    its label alone. ``train --teacher PATH`` (repeatable) adds to ``teachers``."""
+
+    # run folders (best.keras), SavedModel exports (serving_default) or teacher tables (CSV / Raven);
+    # stored resolved (absolute) in the run's config.json
+    teachers: tuple[str, ...] = ()
+    weights: str = ""  # weights.json of birdnet-tf ensemble: teachers weighted by it (default: their mean)
+    alpha: float = 0.5  # share of the teacher in the target
+    temperature: float = 1.0  # teachers' logits / temperature (run folders and tables; exports expose no logits)
+    # born-again generations of birdnet-tf distill: each generation's best model teaches the next
+    generations: int = 1
+    keep_teachers: bool = False  # born-again generations 1.. keep the recipe's teachers beside the previous generation
+    # unlabelled recordings (birdnet-tf distill --unlabeled): their share of every batch, scored by the
+    # teachers; an excerpt whose highest teacher score is below pseudo_min_confidence teaches nothing
+    unlabeled: tuple[str, ...] = ()
+    pseudo_ratio: float = 0.25
+    pseudo_min_confidence: float = 0.5
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run: every stage's settings."""
 
@@ -209,6 +231,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     chunks: ChunkConfig = field(default_factory=ChunkConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     # ----------------------------------------------------------------- derived
     @property

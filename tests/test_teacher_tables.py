@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from birdnet_tf.distill.names import SpeciesMatcher, split_birdnet_label
-from birdnet_tf.distill.tables import match_table_files, pool_windows, read_teacher_table, result_file_stem
+from birdnet_tf.distill.tables import read_teacher_table, result_file_stem
+from birdnet_tf.distill.targets import match_table_files, pool_windows_np
 from birdnet_tf.errors import BirdnetError
 
 LABELS = ["Turdus plumbeus", "Amazona vittata", "Setophaga adelaidae"]
@@ -78,8 +79,8 @@ def test_analyzer_folder_without_file_column_names_files_after_the_result_files(
     assert t.complete and not any("thresholded" in ln for ln in lines)
     # Complete: every mapped class known in every window; an unmapped class never.
     assert t.known[:, :2].all() and not t.known[:, 2].any()
-    assert match_table_files(t, ["/x/audio/XC2.mp3", "audio/XC1.wav", "XC3.mp3"]) == \
-        {"/x/audio/XC2.mp3": 1, "audio/XC1.wav": 0}
+    recordings = ["/x/audio/XC2.mp3", "audio/XC1.wav", "XC3.mp3"]
+    assert list(match_table_files(t, recordings, recordings)) == [1, 0, -1]
 
 
 def test_raven_selection_table_with_its_real_columns(tmp_path):
@@ -112,13 +113,15 @@ def test_birdnet_tf_window_csv_is_complete_and_pools_per_excerpt(tmp_path):
     assert t.known.tolist() == [[True, False, True], [True, False, True], [True, False, False]]
     assert not t.complete and any("empty cells" in ln for ln in lines)
     assert any("Corvus corax (1)" in ln for ln in lines)
-    # An excerpt [2, 5) overlaps both windows of b.wav: max and overlap-weighted mean.
-    s, k = pool_windows(t, 0, 2.0, 5.0)
-    np.testing.assert_allclose(s, [0.6, 0, 0.3])
-    assert k.tolist() == [True, False, True]
-    s, _ = pool_windows(t, 0, 2.0, 5.0, how="mean")
+    # An excerpt [2, 5) overlaps both windows of b.wav: their overlap-weighted mean.
+    def pool(file, start, end):
+        rows = t.file_index == file
+        return pool_windows_np(t.start_s[rows], t.end_s[rows], t.scores[rows], t.known[rows], start, end)
+
+    s, k = pool(0, 2.0, 5.0)
     np.testing.assert_allclose(s, [(0.6 * 1 + 0.2 * 2) / 3, 0, (0.3 * 1 + 0.1 * 2) / 3], rtol=1e-6)
-    s, k = pool_windows(t, 1, 10.0, 13.0)  # beyond the table: nothing known
+    assert k.tolist() == [True, False, True]
+    s, k = pool(1, 10.0, 13.0)  # beyond the table: nothing known
     assert not k.any() and not s.any()
 
 

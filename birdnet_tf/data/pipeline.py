@@ -63,11 +63,15 @@ def read_pcm16(path: tf.Tensor, byte_offset: tf.Tensor, start: tf.Tensor, count:
     return tf.reshape(x, [-1])
 
 
-def read_excerpt(path: tf.Tensor, offset: tf.Tensor, n_frames: tf.Tensor, n) -> tf.Tensor:
+def read_excerpt(path: tf.Tensor, offset: tf.Tensor, n_frames: tf.Tensor, n, with_span: bool = False):
     """A uniformly placed ``n``-sample excerpt of a 16-bit mono WAV, reading only those samples.
 
     Files shorter than ``n`` are read whole and looped from a random point. ``n`` may be a
     Python int or a scalar tensor (bucketed excerpts choose it per batch).
+
+    With ``with_span`` also returns where the excerpt lies in the file: ``(x, first, end)``
+    samples (int64; a looped short file covers all of it, ``0..n_frames``), so teacher tables
+    can give the excerpt its target (:mod:`birdnet_tf.distill.targets`).
     """
     n_frames = tf.cast(n_frames, tf.int64)
     offset = tf.cast(offset, tf.int64)
@@ -75,16 +79,17 @@ def read_excerpt(path: tf.Tensor, offset: tf.Tensor, n_frames: tf.Tensor, n) -> 
 
     def long_file():
         start = tf.random.uniform((), 0, n_frames - n64 + 1, dtype=tf.int64)
-        return read_pcm16(path, offset, start, n64)
+        return read_pcm16(path, offset, start, n64), start, start + n64
 
     def short_file():
         x = read_pcm16(path, offset, tf.constant(0, tf.int64), n_frames)
         x = loop_to_length(x, n)
         start = tf.random.uniform((), 0, tf.maximum(n_frames, 1), dtype=tf.int64)
-        return tf.roll(x, -tf.cast(start, tf.int32), axis=0)[:n]
+        return tf.roll(x, -tf.cast(start, tf.int32), axis=0)[:n], tf.constant(0, tf.int64), n_frames
 
-    x = tf.cond(n_frames >= n64, long_file, short_file)
-    return tf.cast(x, tf.float32) / 32768.0
+    x, first, end = tf.cond(n_frames >= n64, long_file, short_file)
+    x = tf.cast(x, tf.float32) / 32768.0
+    return (x, first, end) if with_span else x
 
 
 def decode_wav(path: tf.Tensor) -> tf.Tensor:
@@ -193,7 +198,8 @@ def _bucket_batches(file_of_draw: np.ndarray, bucket_of_file: np.ndarray, batch:
 
 
 def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndarray, cfg: Config,
-                     training: bool = True, repeat: bool = False, metadata: np.ndarray | None = None) -> tf.data.Dataset:
+                     training: bool = True, repeat: bool = False, metadata: np.ndarray | None = None,
+                     tables=None, unlabeled=None) -> tf.data.Dataset:
     """Batches of ``(waveform (B, samples), targets (B, classes))`` for ``model.fit``.
 
     One pass = one epoch: every file appears :func:`excerpts_per_file` times, in a new
@@ -210,6 +216,15 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
         metadata: Optional float32 ``[files, F]`` features, one row per path: the batches
             become ``({"waveform": (B, samples), "metadata": (B, F)}, targets)``, each excerpt
             with its file's row (mixup mixes the rows with the waveforms).
+        tables: Optional :class:`~birdnet_tf.distill.targets.TableTargets` of these paths (teacher
+            tables): the targets become ``{"labels": (B, classes), "table": (B, T, classes),
+            "known": (B, T, classes)}``, each excerpt's teacher scores pooled from the table windows
+            it overlaps (mixup mixes them with the labels; a class is known after mixup when either
+            excerpt knew it, the other contributing its label).
+        unlabeled: Optional ``(paths, durations_s, tables)`` of recordings without labels (pseudo-labels;
+            fixed-length excerpts only; ``tables`` their TableTargets or None): every batch then holds
+            ``round(distill.pseudo_ratio × batch)`` of their excerpts, with zero labels, and the targets
+            gain ``"labelled"`` ``(B,)``: 1 for the dataset's excerpts, 0 for these (mixup mixes it too).
     """
     reps = excerpts_per_file(durations_s, cfg)
     idx = np.repeat(np.arange(len(paths)), reps)
@@ -218,6 +233,14 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
     meta = None if metadata is None else np.asarray(metadata, np.float32).reshape(len(paths), -1)
     batch = cfg.data.batch_size
     columns = (np.asarray(paths, dtype=str), layout[:, 0], layout[:, 1], targets) + ((meta,) if meta is not None else ())
+    sr = float(cfg.audio.sample_rate_hz)
+
+    def excerpt(path, offset, n_frames, n, target, f, pooled=tables):
+        """(waveform, *teacher): the excerpt, and with tables its pooled teacher targets [T, C, 2]."""
+        if tables is None:
+            return (read_excerpt(path, offset, n_frames, n),)
+        x, first, end = read_excerpt(path, offset, n_frames, n, with_span=True)
+        return x, pooled.pool(f, tf.cast(first, tf.float32) / sr, tf.cast(end, tf.float32) / sr, target)
 
     if bucketed(cfg):
         bucket_of_file, lengths = length_buckets(durations_s, cfg)
@@ -239,8 +262,8 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
             path, offset, n_frames, target = (tf.gather(t, f) for t in table[:4])
             b = tf.gather(bucket_t, f)
             n = tf.gather(lengths_t, b)
-            x = read_excerpt(path, offset, n_frames, n)
-            return (b, x, target) + ((tf.gather(table[4], f),) if meta is not None else ())
+            x, *teacher = excerpt(path, offset, n_frames, n, target, f)
+            return (b, x, target) + ((tf.gather(table[4], f),) if meta is not None else ()) + tuple(teacher)
 
         # the plan's batches arrive whole and in order (deterministic map); grouping by bucket
         # re-forms them, and still keeps lengths apart if the signal filter drops excerpts
@@ -253,18 +276,22 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
         ds = ds.map(lambda b, x, target, *m: (x, target, *m))
     else:
         n = cfg.excerpt_samples
-        ds = tf.data.Dataset.from_tensor_slices(tuple(c[idx] for c in columns))
+        ds = tf.data.Dataset.from_tensor_slices(tuple(c[idx] for c in columns) + (idx,))
         ds = ds.shuffle(len(idx), seed=cfg.data.seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
 
-        def load(path, offset, n_frames, target, *m):
-            return (tf.ensure_shape(read_excerpt(path, offset, n_frames, n), (n,)), target, *m)
+        def load(path, offset, n_frames, target, *m_f):
+            x, *teacher = excerpt(path, offset, n_frames, n, target, m_f[-1])
+            return (tf.ensure_shape(x, (n,)), target, *m_f[:-1], *teacher)
 
         ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
         if training and cfg.data.min_signal_score > 0:
             keep = signal_filter(cfg)
             ds = ds.filter(lambda x, target, *m: keep(x, target))
+        if unlabeled is not None:
+            ds = ds.map(lambda *e: (*e, tf.constant(1.0)))
+            ds = _mix_unlabeled(ds, unlabeled, targets.shape[1], n, batch, cfg, excerpt)
         ds = ds.batch(batch, drop_remainder=False)
 
     def augment(x, target, *m):  # once per batch, vectorised
@@ -273,15 +300,69 @@ def training_dataset(paths: list[str], targets: np.ndarray, durations_s: np.ndar
             from birdnet_tf.data.spec_augment import draw_mixup
 
             perm, w = draw_mixup(tf.shape(x)[0], cfg.augment.mixup_prob, cfg.augment.mixup_alpha)
-            mix = lambda v: w[:, None] * v + (1.0 - w[:, None]) * tf.gather(v, perm)  # noqa: E731
-            x, target, m = mix(x), mix(target), tuple(mix(v) for v in m)
+
+            def mix(v):
+                wv = tf.reshape(w, tf.concat([[-1], tf.ones([tf.rank(v) - 1], tf.int32)], 0))
+                return wv * v + (1.0 - wv) * tf.gather(v, perm)
+
+            x, target = mix(x), mix(target)
+            m = list(m)
+            for i, v in enumerate(m):
+                if tables is not None and i == int(meta is not None):  # teacher [B, T, C, 2]: scores mixed,
+                    m[i] = tf.stack([mix(v[..., 0]), tf.maximum(v[..., 1], tf.gather(v[..., 1], perm))],
+                                    axis=-1)  # known where either excerpt knew
+                else:
+                    m[i] = mix(v)
         return (x, target, *m)
 
     if training:
         ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=False)
-    if meta is not None:
-        ds = ds.map(lambda x, target, m: ({"waveform": x, "metadata": m}, target))
+
+    def structure(x, target, *m):
+        inputs = {"waveform": x, "metadata": m[0]} if meta is not None else x
+        if tables is None and unlabeled is None:
+            return inputs, target
+        y = {"labels": target}
+        if tables is not None:
+            teacher = m[int(meta is not None)]
+            y.update(table=teacher[..., 0], known=teacher[..., 1])
+        if unlabeled is not None:
+            y["labelled"] = m[-1]
+        return inputs, y
+
+    if meta is not None or tables is not None or unlabeled is not None:
+        ds = ds.map(structure)
     return ds.prefetch(AUTOTUNE)
+
+
+def _mix_unlabeled(ds: tf.data.Dataset, unlabeled, n_classes: int, n: int, batch: int, cfg: Config, excerpt):
+    """``ds`` (unbatched labelled examples ending in their flag 1.0) interleaved with excerpts of
+    unlabelled recordings (zero labels, flag 0.0): of every ``batch`` consecutive examples,
+    ``round(pseudo_ratio × batch)`` (at least 1 when the ratio is > 0) are unlabelled."""
+    paths, durations_s, pooled = unlabeled
+    reps = excerpts_per_file(np.asarray(durations_s, float), cfg)
+    idx = np.repeat(np.arange(len(paths)), reps)
+    layout = np.array([wav_layout(p) for p in paths], np.int64).reshape(-1, 2)
+    zeros = np.zeros((len(paths), n_classes), np.float32)
+    u = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=str)[idx], layout[idx, 0], layout[idx, 1],
+                                            zeros[idx], idx))
+    u = u.shuffle(len(idx), seed=cfg.data.seed + 1, reshuffle_each_iteration=True).repeat()
+
+    def load(path, offset, n_frames, target, f):
+        x, *teacher = excerpt(path, offset, n_frames, n, target, f, pooled)
+        return (tf.ensure_shape(x, (n,)), target, *teacher, tf.constant(0.0))
+
+    u = u.map(load, num_parallel_calls=AUTOTUNE, deterministic=False)
+    k = unlabeled_per_batch(cfg.distill.pseudo_ratio, batch)
+    choice = tf.data.Dataset.from_tensor_slices(tf.constant([0] * (batch - k) + [1] * k, tf.int64)).repeat()
+    return tf.data.Dataset.choose_from_datasets([ds, u], choice)
+
+
+def unlabeled_per_batch(ratio: float, batch: int) -> int:
+    """Unlabelled excerpts per batch of ``batch`` at ``distill.pseudo_ratio`` (at least 1 when > 0, at most batch − 1)."""
+    if ratio <= 0:
+        return 0
+    return int(min(batch - 1, max(1, round(ratio * batch))))
 
 
 def signal_filter(cfg: Config):

@@ -35,8 +35,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -48,8 +48,6 @@ from birdnet_tf.errors import BirdnetError
 __all__ = [
     "COMPLETE_MAX_MIN_CONFIDENCE",
     "FORMATS",
-    "match_table_files",
-    "pool_windows",
     "read_teacher_table",
     "result_file_stem",
 ]
@@ -305,62 +303,3 @@ def read_teacher_table(path: str | os.PathLike, student_labels: Sequence[str], l
     if summary:
         log(f"{path}: {summary}")
     return table
-
-
-def _name_keys(name: str) -> list[str]:
-    """Keys a recording name may be matched by: whole normalised path, then shorter suffixes, then stem."""
-    p = str(name).replace("\\", "/").strip()
-    parts = [q for q in PurePosixPath(p).parts if q not in ("/", "")] if "/" in p else [PureWindowsPath(p).name]
-    keys = ["/".join(parts[i:]) for i in range(len(parts))]
-    stem = PurePosixPath(parts[-1]).stem if parts else p
-    return [*keys, stem]
-
-
-def match_table_files(table: TeacherTable, recordings: Iterable[str]) -> dict[str, int]:
-    """Which table file each recording is: ``{recording: index into table.files}``.
-
-    A recording (a path or a dataset key) matches a table name by the longest common path
-    suffix, down to the bare file name and finally the name without extension (per-file
-    result tables only know the stem). Recordings without a match are left out; the
-    training side trains those on their labels alone. Ambiguous stems (two table files with
-    one stem) match nothing.
-    """
-    index: dict[str, int | None] = {}
-    for i, name in enumerate(table.files):
-        for key in _name_keys(name):
-            index[key] = i if key not in index or index[key] == i else None
-    out = {}
-    for rec in recordings:
-        for key in _name_keys(rec):
-            hit = index.get(key)
-            if hit is not None:
-                out[rec] = hit
-                break
-    return out
-
-
-def pool_windows(table: TeacherTable, file: int, start_s: float, end_s: float,
-                 how: str = "max") -> tuple[np.ndarray, np.ndarray]:
-    """The teacher's target for an excerpt ``[start_s, end_s)`` of ``table.files[file]``.
-
-    Pools the windows the excerpt overlaps (``"max"`` or ``"mean"`` weighted by overlap),
-    per class over the windows where the class is known.
-
-    Returns:
-        ``(scores [C] float32, known [C] bool)``: ``known`` is False for a class no overlapping
-        window knows (or when no window overlaps).
-    """
-    if how not in ("max", "mean"):
-        raise ValueError(f"how must be 'max' or 'mean', got {how!r}")
-    sel = np.flatnonzero((table.file_index == file) & (table.start_s < end_s) & (table.end_s > start_s))
-    c = len(table.labels)
-    if not len(sel):
-        return np.zeros(c, np.float32), np.zeros(c, bool)
-    s, k = table.scores[sel], table.known[sel]
-    known = k.any(axis=0)
-    if how == "max":
-        pooled = np.where(k, s, -np.inf).max(axis=0)
-    else:
-        w = (np.minimum(table.end_s[sel], end_s) - np.maximum(table.start_s[sel], start_s))[:, None] * k
-        pooled = (s * w).sum(axis=0) / np.maximum(w.sum(axis=0), 1e-12)
-    return np.where(known, pooled, 0.0).astype(np.float32), known

@@ -161,6 +161,12 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | 
     metrics = evaluate_scores(file_scores, primary, background)
     metrics.update(split=split, pooling=pooling, model=str(model_path), n_windows=int(len(scores_w)),
                    by_pooling=by_pooling)
+    if cfg.distill.teachers and extra.get("input") != CHUNK_INPUT and cfg.metadata.use == "none":
+        from birdnet_tf.distill.agreement import run_agreement
+
+        agreed = run_agreement(cfg, list(labels), rows, windows, scores_w, log)
+        if agreed is not None:
+            metrics["teacher_agreement"] = agreed
     out = Path(out_dir) if out_dir else run_dir / "eval"
     history = run_dir / "history.csv"
     written = write_report(out, metrics, list(labels),

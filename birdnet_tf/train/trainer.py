@@ -408,7 +408,9 @@ def _callbacks_module():
         def on_epoch_end(self, epoch, logs=None):
             from birdnet_tf.evaluate.run import score_windows
 
-            scores = score_windows(self.model, self.windows, len(self.primary_idx), self.pooling)
+            from birdnet_tf.distill.teachers import plain_model
+
+            scores = score_windows(plain_model(self.model), self.windows, len(self.primary_idx), self.pooling)
             metrics = file_metrics(scores, self.primary_idx, self.background, self.targets, self.loss)
             if logs is not None:
                 logs.update({f"val_{k}": v for k, v in metrics.items()})
@@ -441,13 +443,16 @@ def _callbacks_module():
             self.paths.checkpoints.mkdir(parents=True, exist_ok=True)
             value = float(value)
             improved = self.state.get("best") is None or value > self.state["best"]
+            from birdnet_tf.distill.teachers import plain_model
+
+            model = plain_model(self.model)  # a distiller's student, with the shared optimizer
             if improved:
-                _atomic_save(self.model, self.paths.best)
+                _atomic_save(model, self.paths.best)
                 self.state.update(best=value, best_epoch=epoch + 1, best_time_s=logs["time_s"])
             with atomic_path(self.paths.checkpoints / f"epoch_{epoch + 1:03d}.weights.h5",
                              suffix=".weights.h5") as tmp:
-                self.model.save_weights(str(tmp))
-            _atomic_save(self.model, self.paths.last)
+                model.save_weights(str(tmp))
+            _atomic_save(model, self.paths.last)
             self.state.update(epoch=epoch + 1, monitor=self.monitor,
                               **{f"last_{k}": float(v) for k, v in logs.items() if np.isscalar(v)})
             # history before state: a kill between the two leaves a row that the rerun trims
@@ -592,11 +597,15 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     from birdnet_tf.data.split import describe_split, split_catalog
     from birdnet_tf.models.build import build_model, load_keras_model
 
+    from birdnet_tf.distill.setup import check_distill_config, resolve_paths, uses_teachers
+
     t0 = time.time()
     paths = RunPaths(Path(out_dir))
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise BirdnetError(f"{data_dir}: dataset folder does not exist")
+    cfg = resolve_paths(cfg)  # teachers recorded with absolute paths; a resume must name the same
+    check_distill_config(cfg)
     resume = check_run_folder(paths, cfg)
     from birdnet_tf.models.metadata import check_metadata_config, uses_metadata
 
@@ -611,6 +620,9 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     if chunk_index is not None and uses_metadata(cfg):
         raise ConfigError(f"{data_dir}: metadata.use={cfg.metadata.use} needs a dataset of recordings, "
                           "not a folder of PNG chunks")
+    if uses_teachers(cfg) and (chunk_index is not None or uses_metadata(cfg)):
+        raise ConfigError("distill.teachers need a waveform model on a dataset of recordings "
+                          "(not PNG chunks, not metadata.use only/combined)")
     init_weights = None
     if cfg.train.init_weights and not resume and not Path(cfg.train.init_weights).is_file():
         raise BirdnetError(f"{cfg.train.init_weights}: train.init_weights file does not exist")
@@ -710,8 +722,32 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     else:
         durations = train_df["duration_s"].to_numpy(float)
         steps = cfg.train.steps_per_epoch or pipeline.steps_in_epoch(durations, cfg)
+        teachers = tables = None
+        if uses_teachers(cfg):
+            from birdnet_tf.distill.setup import load_teachers
+            from birdnet_tf.distill.targets import TableTargets
+
+            teachers = load_teachers(cfg, list(labels), log)
+            if teachers.tables:
+                tables = TableTargets(teachers.tables, list(train_df["key"]), list(train_df["wav_path"]),
+                                      cfg.distill.temperature, log)
+        unlabeled = None
+        if cfg.distill.unlabeled:  # pseudo-labels: recordings without labels, taught by the teachers
+            from birdnet_tf.distill.pseudo import unlabeled_catalog
+            from birdnet_tf.distill.targets import TableTargets
+
+            if not teachers.any:
+                raise ConfigError("distill.unlabeled recordings need teachers to label them")
+            if pipeline.bucketed(cfg):
+                raise ConfigError("distill.unlabeled needs fixed-length excerpts (data.excerpt_max_s = 0)")
+            u = unlabeled_catalog(cfg.distill.unlabeled, cfg.audio.sample_rate_hz, workers=workers, log=log)
+            unlabeled = (list(u["wav_path"]), u["duration_s"].to_numpy(float), TableTargets(
+                teachers.tables, list(u["key"]), list(u["wav_path"]), cfg.distill.temperature, log)
+                if teachers.tables else None)
+            log(f"pseudo-labels: {len(u)} unlabelled recordings, {pipeline.unlabeled_per_batch(cfg.distill.pseudo_ratio, cfg.data.batch_size)} "
+                f"of every {cfg.data.batch_size} excerpts, teacher confidence >= {cfg.distill.pseudo_min_confidence:g}")
         train_ds = pipeline.training_dataset(list(train_df["wav_path"]), targets, durations, cfg, repeat=True,
-                                             metadata=train_meta)
+                                             metadata=train_meta, tables=tables, unlabeled=unlabeled)
         windows = pipeline.evaluation_windows(list(val_df["wav_path"]), cfg, metadata=val_meta)
     val_primary = primary_indices(val_df, labels)
     val_bg = background_matrix(val_df, labels)
@@ -728,6 +764,18 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             apply_init_weights(model, init_weights if init_weights is not None else
                                read_init_weights(cfg, len(labels), log))
         model.compile(optimizer=make_optimizer(cfg, steps), loss=make_loss(cfg))
+    fit_model = model
+    if chunk_index is None and uses_teachers(cfg):  # the student learns from its teachers' soft targets
+        from birdnet_tf.distill.teachers import make_distiller
+
+        fit_model = make_distiller(model, teachers.models, len(teachers.tables), teachers.weights,
+                                   cfg.distill.alpha, cfg.model.output_activation, cfg.audio.sample_rate_hz,
+                                   cfg.distill.pseudo_min_confidence)
+        # a SavedModel teacher's call is kept out of XLA (jit_compile "auto" turns XLA on with a GPU)
+        exports = any(t.kind == "export" for t in teachers.models)
+        fit_model.compile(optimizer=model.optimizer, jit_compile=False if exports else "auto")
+        log(f"distilling from {len(teachers.tables)} teacher table(s) and {len(teachers.models)} model teacher(s), "
+            f"alpha {cfg.distill.alpha:g}, weights {np.round(teachers.weights, 3).tolist()}")
     if chunk_index is not None:  # the extract's noise/ chunks of the training files
         noise = chunk_index[(chunk_index["kind"] == "noise") & chunk_index["key"].isin(set(train_df["key"]))]
         set_chunk_noise_bank(model, list(noise["png"]), cfg, log)
@@ -754,8 +802,8 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         " + metadata MLP" if uses_metadata(cfg) else "")
     log(f"training {what} ({model.count_params():,} parameters, {policy}) on {on}, "
         f"validating on {len(val_df)} files; {steps} steps/epoch, epochs {initial_epoch + 1}..{cfg.train.epochs}")
-    model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=steps, shuffle=False, callbacks=callbacks, verbose=1 if _is_tty() else 2)
+    fit_model.fit(train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=steps, shuffle=False, callbacks=callbacks, verbose=1 if _is_tty() else 2)
     state = json.loads(paths.state.read_text()) if paths.state.exists() else state
     summary = _summary(paths, state, t0, epochs_run=int(state.get("epoch", 0)) - initial_epoch)
     if evaluate and paths.best.exists():
