@@ -82,6 +82,9 @@ class AugmentConfig:
     shift_prob: float = 0.0  # circular shift; redundant with random excerpt starts (short files loop from a random point)
     noise_prob: float = 0.5
     noise_snr_db: tuple[float, float] = (3.0, 30.0)
+    # colour of the added noise: power spectrum ~ 1/f^beta with beta uniform in this range per
+    # waveform (0 white, 1 pink, 2 brown: wind, rain, traffic and distant crowds are coloured)
+    noise_beta: tuple[float, float] = (0.0, 0.0)
     mask_prob: float = 0.5  # SpecAugment-style masks, applied in the model after the frontend
     freq_masks: int = 2
     freq_mask_bins: int = 8

@@ -361,3 +361,18 @@ def test_predicting_evaluation_windows_raises_no_false_alarm(tmp_path, tiny_conf
     assert len(scores) == len(windows.file_index)
     assert windows.dataset.cardinality().numpy() == 1  # 4 windows in one batch of 4
     assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
+def test_coloured_noise_has_its_spectral_slope_and_snr():
+    from birdnet_tf.data.augment import coloured_noise
+
+    for beta in (0.0, 1.0, 2.0):  # white, pink, brown: log power falls with slope -beta in log frequency
+        y = coloured_noise(tf.constant([4, 22050]), tf.fill([4, 1], beta)).numpy()
+        np.testing.assert_allclose(y.std(axis=-1), 1.0, rtol=1e-3)
+        power = (np.abs(np.fft.rfft(y, axis=-1)) ** 2).mean(axis=0)
+        f = np.arange(len(power))
+        band = (f > 50) & (f < 5000)
+        assert abs(np.polyfit(np.log(f[band]), np.log(power[band]), 1)[0] + beta) < 0.1
+    x = tf.random.normal([3, 22050]) * 0.1
+    n = (add_noise(x, 1.0, (6.0, 6.0), (2.0, 2.0)) - x).numpy()
+    np.testing.assert_allclose(10 * np.log10((x.numpy() ** 2).mean(-1) / (n ** 2).mean(-1)), 6.0, atol=1e-3)
