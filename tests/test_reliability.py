@@ -197,3 +197,47 @@ def test_server_refuses_bodies_that_are_not_json_with_400(body, said):
     with pytest.raises(RequestError) as caught:
         predict_json(None, body)  # refused before any model is asked
     assert caught.value.status == 400 and said in caught.value.message
+
+
+# ------------------------------------------------------------------ native chatter on the terminal
+#: what libmpg123 (inside libsndfile) and TensorFlow's C++ start-up print straight to fd 2
+NATIVE_CHATTER = ("Note: ", "Warning: ", "[src/libmpg123", "port.cc", "cudart_stub", "absl::InitializeLog")
+
+
+def mp3_with_trailing_junk(path):
+    """A real MP3 (libsndfile's LAME encoder) followed by bytes that are no MPEG frame, as
+    some xeno-canto files end: libmpg123 prints a 'Warning:'/'Note:' line while decoding it."""
+    x = 0.3 * np.sin(np.arange(2 * 22050) * 2 * np.pi * 440 / 22050)
+    sf.write(path, x.astype(np.float32), 22050, format="MP3")
+    with open(path, "ab") as f:
+        f.write(b"this is not an mpeg frame, just trailing text " * 40)
+    return path
+
+
+def test_decoder_and_tensorflow_chatter_stays_off_the_terminal(trained_synthetic, tmp_path):
+    """A real decode of an MP3 that makes libmpg123 talk (checked first: the raw decode does
+    print) through prepare's worker processes and predict: nothing of it, nor TensorFlow's
+    oneDNN/CUDA start-up lines, reaches stderr; Python's own warnings still do."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    mp3 = mp3_with_trailing_junk((data / "a").mkdir(parents=True) or data / "a" / "junk_end.mp3")
+    wav(data / "b" / "quiet.wav", rate=8000)  # a low-rate file: prepare warns about it (Python's own warning)
+    raw = subprocess.run([sys.executable, "-c", "import soundfile as sf, sys\n"
+                          "with sf.SoundFile(sys.argv[1]) as f:\n    while len(f.read(65536)): pass", str(mp3)],
+                         capture_output=True, text=True, timeout=60)
+    assert any(c in raw.stderr for c in NATIVE_CHATTER[:3]), f"the MP3 no longer triggers libmpg123: {raw.stderr!r}"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    errs = {}
+    for argv in (["prepare", str(data), "--out", str(tmp_path / "prepared"), "--workers", "2", "--no-progress"],
+                 ["predict", str(trained_synthetic.export), str(mp3), "--out", str(tmp_path / "p.csv")]):
+        proc = subprocess.run([sys.executable, "-m", "birdnet_tf.cli", *argv], capture_output=True, text=True,
+                              env=env, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        leaked = [line for line in proc.stderr.splitlines() if any(c in line for c in NATIVE_CHATTER)]
+        assert not leaked, f"{argv[0]}: native chatter on stderr: {leaked}"
+        errs[argv[0]] = proc.stderr
+    assert "8000 Hz" in errs["prepare"]  # the filter keeps what is not chatter

@@ -31,6 +31,7 @@ from birdnet_tf.fileio import filtered_native_stderr, temp_file_beside
 __all__ = [
     "AUDIO_EXTENSIONS",
     "audio_duration_s",
+    "header_frames",
     "load_audio",
     "read_wav_header",
     "temp_file_beside",
@@ -376,6 +377,18 @@ def read_wav_header(path: str | os.PathLike) -> WavHeader | None:
     except OSError:
         return None
     return None
+
+
+def header_frames(path: str | os.PathLike) -> tuple[int, int]:
+    """``(frames, sample rate)`` as the file's header states them (cheap; may be wrong for
+    MP3s, see :func:`audio_duration_s`). libmpg123's chatter while opening is filtered.
+
+    Raises:
+        soundfile.SoundFileError, RuntimeError: the file cannot be opened.
+    """
+    with _filtered_native_stderr():
+        info = sf.info(str(path))
+    return int(info.frames), int(info.samplerate)
 
 
 def audio_duration_s(path: str | os.PathLike) -> float:
