@@ -235,6 +235,10 @@ def entry_problem(name: object) -> str | None:
         return "empty file name"
     if "\x00" in name:
         return "file name with a NUL character"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the file system holds that are no text (os.fsdecode's surrogates)
+        return "file name that is not valid UTF-8 text (rename it)"
     text = name.replace("\\", "/")
     if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
         return "absolute path (outside the dataset)"

@@ -241,3 +241,80 @@ def test_decoder_and_tensorflow_chatter_stays_off_the_terminal(trained_synthetic
         assert not leaked, f"{argv[0]}: native chatter on stderr: {leaked}"
         errs[argv[0]] = proc.stderr
     assert "8000 Hz" in errs["prepare"]  # the filter keeps what is not chatter
+
+
+# ------------------------------------------------------------------ more of the family: empty, nameless, moving files
+def test_zero_length_files_and_names_that_are_no_text_are_skipped_one_line_each(tmp_path):
+    """A 0-byte WAV in a class folder fails alone; a file whose name is bytes that are no UTF-8
+    text (it could not be written to metadata.csv or an output table; the job used to die at
+    the very end) is skipped by prepare's catalog and by predict's input listing."""
+    from birdnet_tf.infer.predict import expand_inputs
+
+    data = tmp_path / "data"
+    wav(data / "A" / "good.wav", seed=1)
+    wav(data / "B" / "good.wav", seed=2)
+    (data / "A" / "empty.wav").touch()
+    nameless = os.fsdecode(os.fsencode(str(data / "B")) + b"/bad\xff name.wav")
+    wav(data / "B" / "x.wav", seed=3).rename(nameless)
+    with pytest.warns(UserWarning) as caught:
+        rc, out, err = run_cli(["prepare", str(data), "--out", str(tmp_path / "p"), "--workers", "1",
+                                "--no-progress"])
+    assert rc == 0, err
+    said = [str(w.message) for w in caught]
+    assert any("not valid UTF-8" in m for m in said) and any("empty file (0 bytes)" in m for m in said), said
+    assert sorted(pd.read_csv(tmp_path / "p" / "metadata.csv")["filename"]) == ["A/good.wav", "B/good.wav"]
+    files, problems = expand_inputs([str(data)])
+    assert nameless not in files and (nameless, "file name that is not valid UTF-8 text (rename it)") in problems
+
+
+def test_a_source_changed_after_it_was_prepared_is_prepared_again(tmp_path):
+    """prepare's resume kept the WAV of an older version of a source whose file was replaced
+    since (same name, other content): a source modified after its WAV is converted again."""
+    from birdnet_tf.data.dataset import prepare_dataset
+
+    data = tmp_path / "data"
+    wav(data / "A" / "a.wav", seconds=1.0, seed=1)
+    wav(data / "B" / "b.wav", seconds=1.0, seed=2)
+    prepare_dataset(data, tmp_path / "p", 16000, workers=1, progress=False, log=lambda m: None)
+    before = (tmp_path / "p" / "A" / "a.wav").read_bytes()
+    wav(data / "A" / "a.wav", seconds=2.0, seed=9)  # a longer recording under the same name
+    st = os.stat(data / "A" / "a.wav")
+    os.utime(data / "A" / "a.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # clearly after the WAV
+    df = prepare_dataset(data, tmp_path / "p", 16000, workers=1, progress=False, log=lambda m: None)
+    after = (tmp_path / "p" / "A" / "a.wav").read_bytes()
+    assert after != before and df.set_index("key").loc["A/a.wav", "duration_s"] == pytest.approx(2.0)
+    assert (tmp_path / "p" / "B" / "b.wav").stat().st_mtime_ns <= st.st_mtime_ns + 10**9  # b kept
+
+
+def test_a_source_that_changes_while_it_is_read_is_not_kept(tmp_path):
+    """A recording still being written (a copy arriving) changes while prepare reads it: its
+    WAV would mix two versions, so it fails with one line and no WAV; the rerun converts it."""
+    import threading
+    import time
+
+    from birdnet_tf.data.prepare import prepare
+
+    src = wav(tmp_path / "data" / "long.wav", seconds=900, rate=8000, seed=4)  # ~1 s to resample: the margin
+    out = tmp_path / "p"
+    stop = threading.Event()
+
+    def touch_when_reading():  # the moment the WAV's temporary file appears, the source grows
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            if out.exists() and any(p.name.startswith(".long.wav.") for p in out.iterdir()):
+                with open(src, "ab") as f:
+                    f.write(b"\0\0")
+                return
+            time.sleep(0.001)
+
+    toucher = threading.Thread(target=touch_when_reading)
+    toucher.start()
+    try:
+        with pytest.warns(UserWarning, match="changed while it was read"):  # (and "below the target rate")
+            result = prepare([("long.wav", src)], out, 22050, workers=1, progress=False)
+    finally:
+        stop.set()
+        toucher.join()
+    assert [key for key, _, _ in result.failed] == ["long.wav"] and not (out / "long.wav").exists()
+    again = prepare([("long.wav", src)], out, 22050, workers=1, progress=False)
+    assert again.converted == 1 and not again.failed

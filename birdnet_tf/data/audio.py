@@ -68,6 +68,23 @@ def _filtered_native_stderr():
 # --------------------------------------------------------------------------
 
 
+def _open_sound_file(path: Path) -> sf.SoundFile:
+    """``sf.SoundFile`` of ``path``; a name that is not valid UTF-8 (bytes a file system holds
+    but soundfile cannot pass to libsndfile) is opened through a file descriptor instead."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            return sf.SoundFile(fd, closefd=True)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+    return sf.SoundFile(name)
+
+
 def _check_path(path: Path) -> None:
     """Raises AudioDecodeError unless ``path`` is a non-empty regular file."""
     try:
@@ -108,7 +125,7 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
     stopped_early: str | None = None
     with _filtered_native_stderr():
         try:
-            f = sf.SoundFile(str(path))
+            f = _open_sound_file(path)
         except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
             raise AudioDecodeError(
                 f"{path}: not a recognised audio file or corrupt ({_decoder_reason(e)})"
@@ -222,7 +239,7 @@ def iter_audio(path: str | os.PathLike, sample_rate_hz: int, clip: bool = True) 
     _check_path(path)
     with _filtered_native_stderr():
         try:
-            f = sf.SoundFile(str(path))
+            f = _open_sound_file(path)
         except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
             raise AudioDecodeError(f"{path}: not a recognised audio file or corrupt ({_decoder_reason(e)})") from None
     rate = int(f.samplerate)
@@ -386,9 +403,8 @@ def header_frames(path: str | os.PathLike) -> tuple[int, int]:
     Raises:
         soundfile.SoundFileError, RuntimeError: the file cannot be opened.
     """
-    with _filtered_native_stderr():
-        info = sf.info(str(path))
-    return int(info.frames), int(info.samplerate)
+    with _filtered_native_stderr(), _open_sound_file(Path(path)) as f:
+        return int(f.frames), int(f.samplerate)
 
 
 def audio_duration_s(path: str | os.PathLike) -> float:
