@@ -246,8 +246,8 @@ def test_decoder_and_tensorflow_chatter_stays_off_the_terminal(trained_synthetic
 # ------------------------------------------------------------------ more of the family: empty, nameless, moving files
 def test_zero_length_files_and_names_that_are_no_text_are_skipped_one_line_each(tmp_path):
     """A 0-byte WAV in a class folder fails alone; a file whose name is bytes that are no UTF-8
-    text (it could not be written to metadata.csv or an output table; the job used to die at
-    the very end) is skipped by prepare's catalog and by predict's input listing."""
+    text (it could not be written to metadata.csv or an output table; it used to fail as a
+    'corrupt' file with a codec error) is skipped, named, by prepare's catalog and by predict."""
     from birdnet_tf.infer.predict import expand_inputs
 
     data = tmp_path / "data"
