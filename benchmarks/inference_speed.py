@@ -48,9 +48,9 @@ def run_path(path: str, export: str, audio: str, run_dir: str | None) -> dict:
     """Times one path on ``audio``; returns its figures (runs inside a fresh process)."""
     import numpy as np
 
-    from birdnet_tf.cli import _quiet_tensorflow
+    from birdnet_tf.fileio import quiet_tensorflow
 
-    _quiet_tensorflow()
+    quiet_tensorflow()
     import soundfile as sf
 
     from birdnet_tf.data.audio import load_audio

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -19,23 +18,11 @@ from birdnet_tf.errors import BirdnetError, about
 DEFAULT_RECIPE = "pipelines/default.yaml"
 
 
-#: what TensorFlow prints to fd 2 on every start of a machine without a GPU
-_TF_NOISE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog|To enable the following instructions"
-                       rb"|[IWE]\d{4} [\d:. ]+\d+ (cuda_\w+|cudart_stub|cpu_feature_guard)\.cc)")
-
-
 def _quiet_tensorflow() -> None:
     """Imports TensorFlow without its CPU-only start-up chatter (real errors still show)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import logging
+    from birdnet_tf.fileio import quiet_tensorflow
 
-    from birdnet_tf.fileio import filtered_native_stderr
-
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    with filtered_native_stderr(_TF_NOISE):
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")  # the CUDA probe prints here
+    quiet_tensorflow()
 
 
 def _log(msg: str) -> None:
@@ -167,12 +154,14 @@ def cmd_tflite(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from birdnet_tf.infer.outputs import FORMATS
+    from birdnet_tf.infer.outputs import FOLDER_FORMATS, FORMATS, check_folder_output
 
     if args.format not in FORMATS:
         raise BirdnetError(f"unknown --format '{args.format}'; choose one of {', '.join(FORMATS)}")
     if Path(args.out).exists() and not args.force and (Path(args.out).is_file() or any(Path(args.out).iterdir())):
         raise BirdnetError(f"{args.out}: already exists; choose another --out or pass --force")  # before any work
+    if args.format in FOLDER_FORMATS:
+        check_folder_output(args.out, args.force)  # --force replaces only a folder predict wrote
     if args.hop_s is not None and args.window_s is None:
         raise BirdnetError("--hop-s needs --window-s (per-file scores use the model's own windows)")
     if args.model is None and args.server is None:

@@ -146,6 +146,26 @@ def filtered_native_stderr(noise: re.Pattern) -> Iterator[None]:
 
 
 
+#: What TensorFlow prints to fd 2 on every start of a machine without a GPU (absl's
+#: pre-init banner, CPU-feature and oneDNN notices, the CUDA probes).
+TF_NOISE = re.compile(rb"^(WARNING: All log messages before absl::InitializeLog|To enable the following instructions"
+                      rb"|[IWE]\d{4} [\d:. ]+\d+ (cuda_\w+|cudart_stub|cpu_feature_guard|port)\.cc)")
+
+
+def quiet_tensorflow() -> None:
+    """Imports TensorFlow without its CPU-only start-up chatter (real errors still show).
+
+    Used by the CLI and by worker processes that import TensorFlow themselves."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    with filtered_native_stderr(TF_NOISE):
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # the CUDA probe prints here
+
+
 # --------------------------------------------------------------------------
 # Stray temporary files of killed writers
 # --------------------------------------------------------------------------
@@ -215,6 +235,10 @@ def entry_problem(name: object) -> str | None:
         return "empty file name"
     if "\x00" in name:
         return "file name with a NUL character"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the file system holds that are no text (os.fsdecode's surrogates)
+        return "file name that is not valid UTF-8 text (rename it)"
     text = name.replace("\\", "/")
     if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
         return "absolute path (outside the dataset)"
@@ -246,7 +270,34 @@ def inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
 #: prepared dataset, a chunks folder, a sorted dataset); a folder holding a subfolder
 #: with one of them is a parent of outputs (``runs/``, ``models/xc/``) and is never replaced.
 OUTPUT_MARKERS = ("config.json", "state.json", "saved_model.pb", ".birdnet_tf_prepared.json",
-                  "assets.extra/config.json", "chunks.csv", "extract_config.json", "sort_report.json")
+                  "assets.extra/config.json", "chunks.csv", "extract_config.json", "sort_report.json",
+                  ".birdnet_tf_predictions.json", ".birdnet_tf_tflite.json")
+
+
+def output_inside(out: str | os.PathLike, skip: tuple[str, ...] = ()) -> str | None:
+    """The name of a subfolder of ``out`` that is itself a birdnet-tf output (it holds one
+    of :data:`OUTPUT_MARKERS`), or None; subfolders named in ``skip`` are not looked at."""
+    try:
+        subs = list(Path(out).iterdir())
+    except OSError:
+        return None
+    for sub in subs:
+        if sub.name in skip:
+            continue
+        if sub.is_dir() and not sub.is_symlink() and any((sub / m).exists() for m in OUTPUT_MARKERS):
+            return sub.name
+    return None
+
+
+def refuse_parent_of_outputs(out: str | os.PathLike, skip: tuple[str, ...] = ()) -> None:
+    """Raises :class:`BirdnetError` when ``out`` holds other birdnet-tf outputs (``runs/``,
+    ``models/xc/``): ``--force`` never replaces anything in such a folder."""
+    from birdnet_tf.errors import BirdnetError
+
+    sub = output_inside(out, skip)
+    if sub is not None:
+        raise BirdnetError(f"{out}: holds other birdnet-tf outputs (e.g. {sub}/); "
+                           "--force never replaces a parent of runs or exports — choose another --out")
 
 
 def check_replaceable(out: str | os.PathLike, markers: tuple[str, ...], what: str, force: bool) -> None:
@@ -268,13 +319,8 @@ def check_replaceable(out: str | os.PathLike, markers: tuple[str, ...], what: st
         return
     if not force:
         raise BirdnetError(f"{out}: already exists and is not empty; choose another --out or pass --force")
-    own = {m.split("/")[0] for m in markers if "/" in m}  # subfolders the output itself has (assets.extra)
-    for sub in out.iterdir():
-        if sub.name in own:
-            continue
-        if sub.is_dir() and not sub.is_symlink() and any((sub / m).exists() for m in OUTPUT_MARKERS):
-            raise BirdnetError(f"{out}: holds other birdnet-tf outputs (e.g. {sub.name}/); "
-                               "--force never replaces a parent of runs or exports — choose another --out")
+    # subfolders the output itself has (assets.extra) are not other outputs
+    refuse_parent_of_outputs(out, tuple({m.split("/")[0] for m in markers if "/" in m}))
     missing = [m for m in markers if not (out / m).is_file()]
     if missing:
         raise BirdnetError(f"{out}: is not a {what} written by birdnet-tf (no {missing[0]}); "

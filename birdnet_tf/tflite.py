@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from birdnet_tf.errors import BirdnetError, about
+from birdnet_tf.fileio import refuse_parent_of_outputs
 
 #: Supported quantizations, in the order they are written.
 QUANTIZATIONS = ("float32", "float16", "int8")
@@ -497,9 +498,34 @@ def check_outputs(out_dir: str | os.PathLike, quantizations, force: bool = False
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BirdnetError(f"{out}: exists and is not a folder")
-    existing = [p for p in output_paths(out, quantizations) if p.exists()]
+    existing = [p for p in output_paths(out, quantizations) if p.exists() or p.is_symlink()]
     if existing and not force:
         raise BirdnetError(f"{existing[0]}: already exists; choose another --out or pass --force")
+    if existing:  # the --force rule: only what this command wrote, never inside a parent of outputs
+        refuse_parent_of_outputs(out)
+        if not written_by_tflite(out):
+            raise BirdnetError(f"{existing[0]}: was not written by birdnet-tf tflite (no {TFLITE_MARKER} in "
+                               f"{out}); --force only replaces its own files — choose another --out")
+
+
+TFLITE_MARKER = ".birdnet_tf_tflite.json"
+"""Marker file of a folder ``export_tflite`` wrote into (``--force`` replaces its models only there)."""
+
+
+def written_by_tflite(out_dir: str | os.PathLike) -> bool:
+    """True when ``out_dir`` holds TFLite models this package wrote: its marker file, or (for
+    folders written before the marker existed) a ``model_<q>.json`` sidecar of this package."""
+    out = Path(out_dir)
+    if (out / TFLITE_MARKER).is_file() and not (out / TFLITE_MARKER).is_symlink():
+        return True
+    for q in QUANTIZATIONS:
+        try:
+            meta = json.loads((out / f"model_{q}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and "birdnet_tf_version" in meta and meta.get("quantization") == q:
+            return True
+    return False
 
 
 def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantizations=QUANTIZATIONS,
@@ -615,6 +641,8 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
                 f"on {figures['windows']} windows")
     if results:
         write_text_atomic(out / "labels.txt", "".join(f"{label}\n" for label in labels))
+        write_json_atomic(out / TFLITE_MARKER, {"birdnet_tf_version": __version__,
+                                                 "files": sorted(p.name for p in out.glob("model_*.tflite"))})
     if failures:
         done = f"; written: {', '.join(results)}" if results else ""
         raise BirdnetError(f"{len(failures)} quantization(s) failed verification{done}. {failures[0]}")

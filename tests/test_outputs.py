@@ -325,7 +325,7 @@ def test_raven_tables(tmp_path):
     out = tmp_path / "raven"
     paths = O.write_output(make_table(), LABELS, out, "raven", min_score=0.65, sample_rate_hz=22050)
     assert paths == [out / "x.selections.txt", out / "y.selections.txt"]
-    assert sorted(p.name for p in out.iterdir()) == ["x.selections.txt", "y.selections.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [O.PREDICTIONS_MARKER, "x.selections.txt", "y.selections.txt"]
     x_lines = (out / "x.selections.txt").read_text(encoding="utf-8").splitlines()
     assert x_lines == [
         RAVEN_HEADER_LINE,
@@ -516,3 +516,27 @@ def test_describe_formats_names_every_format():
     text = O.describe_formats()
     assert "\n" not in text
     assert all(name in text for name in O.FORMATS)
+
+
+@pytest.mark.parametrize("fmt", sorted(O.FOLDER_FORMATS))
+def test_force_replaces_only_a_predictions_folder_and_never_a_parent(tmp_path, fmt):
+    """issue 12's --force rule for folder outputs: someone else's folder and a parent of
+    outputs are refused even with --force; a folder predict wrote is replaced whole (a table
+    of a file no longer predicted does not linger)."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "x.selections.txt").write_text("mine\n", encoding="utf-8")
+    (theirs / "x.labels.txt").write_text("mine\n", encoding="utf-8")
+    with pytest.raises(BirdnetError, match="not a predictions folder written by birdnet-tf"):
+        O.write_output(make_table(), LABELS, theirs, fmt, force=True)
+    assert sorted(p.name for p in theirs.iterdir()) == ["x.labels.txt", "x.selections.txt"]
+    parent = tmp_path / "runs"
+    O.write_output(make_table(), LABELS, parent / "a", fmt)
+    with pytest.raises(BirdnetError, match="never replaces a parent"):
+        O.write_output(make_table(), LABELS, parent, fmt, force=True)
+    assert sorted(p.name for p in parent.iterdir()) == ["a"]
+    ours = parent / "a"
+    table = make_table()
+    O.write_output(table[table["file"] != table["file"].iloc[0]], LABELS, ours, fmt, force=True)
+    assert len([p for p in ours.iterdir() if not p.name.startswith(".")]) == 1
+    assert leftovers(tmp_path) == []

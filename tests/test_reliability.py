@@ -197,3 +197,124 @@ def test_server_refuses_bodies_that_are_not_json_with_400(body, said):
     with pytest.raises(RequestError) as caught:
         predict_json(None, body)  # refused before any model is asked
     assert caught.value.status == 400 and said in caught.value.message
+
+
+# ------------------------------------------------------------------ native chatter on the terminal
+#: what libmpg123 (inside libsndfile) and TensorFlow's C++ start-up print straight to fd 2
+NATIVE_CHATTER = ("Note: ", "Warning: ", "[src/libmpg123", "port.cc", "cudart_stub", "absl::InitializeLog")
+
+
+def mp3_with_trailing_junk(path):
+    """A real MP3 (libsndfile's LAME encoder) followed by bytes that are no MPEG frame, as
+    some xeno-canto files end: libmpg123 prints a 'Warning:'/'Note:' line while decoding it."""
+    x = 0.3 * np.sin(np.arange(2 * 22050) * 2 * np.pi * 440 / 22050)
+    sf.write(path, x.astype(np.float32), 22050, format="MP3")
+    with open(path, "ab") as f:
+        f.write(b"this is not an mpeg frame, just trailing text " * 40)
+    return path
+
+
+def test_decoder_and_tensorflow_chatter_stays_off_the_terminal(trained_synthetic, tmp_path):
+    """A real decode of an MP3 that makes libmpg123 talk (checked first: the raw decode does
+    print) through prepare's worker processes and predict: nothing of it, nor TensorFlow's
+    oneDNN/CUDA start-up lines, reaches stderr; Python's own warnings still do."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    mp3 = mp3_with_trailing_junk((data / "a").mkdir(parents=True) or data / "a" / "junk_end.mp3")
+    wav(data / "b" / "quiet.wav", rate=8000)  # a low-rate file: prepare warns about it (Python's own warning)
+    raw = subprocess.run([sys.executable, "-c", "import soundfile as sf, sys\n"
+                          "with sf.SoundFile(sys.argv[1]) as f:\n    while len(f.read(65536)): pass", str(mp3)],
+                         capture_output=True, text=True, timeout=60)
+    assert any(c in raw.stderr for c in NATIVE_CHATTER[:3]), f"the MP3 no longer triggers libmpg123: {raw.stderr!r}"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    errs = {}
+    for argv in (["prepare", str(data), "--out", str(tmp_path / "prepared"), "--workers", "2", "--no-progress"],
+                 ["predict", str(trained_synthetic.export), str(mp3), "--out", str(tmp_path / "p.csv")]):
+        proc = subprocess.run([sys.executable, "-m", "birdnet_tf.cli", *argv], capture_output=True, text=True,
+                              env=env, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        leaked = [line for line in proc.stderr.splitlines() if any(c in line for c in NATIVE_CHATTER)]
+        assert not leaked, f"{argv[0]}: native chatter on stderr: {leaked}"
+        errs[argv[0]] = proc.stderr
+    assert "8000 Hz" in errs["prepare"]  # the filter keeps what is not chatter
+
+
+# ------------------------------------------------------------------ more of the family: empty, nameless, moving files
+def test_zero_length_files_and_names_that_are_no_text_are_skipped_one_line_each(tmp_path):
+    """A 0-byte WAV in a class folder fails alone; a file whose name is bytes that are no UTF-8
+    text (it could not be written to metadata.csv or an output table; it used to fail as a
+    'corrupt' file with a codec error) is skipped, named, by prepare's catalog and by predict."""
+    from birdnet_tf.infer.predict import expand_inputs
+
+    data = tmp_path / "data"
+    wav(data / "A" / "good.wav", seed=1)
+    wav(data / "B" / "good.wav", seed=2)
+    (data / "A" / "empty.wav").touch()
+    nameless = os.fsdecode(os.fsencode(str(data / "B")) + b"/bad\xff name.wav")
+    wav(data / "B" / "x.wav", seed=3).rename(nameless)
+    with pytest.warns(UserWarning) as caught:
+        rc, out, err = run_cli(["prepare", str(data), "--out", str(tmp_path / "p"), "--workers", "1",
+                                "--no-progress"])
+    assert rc == 0, err
+    said = [str(w.message) for w in caught]
+    assert any("not valid UTF-8" in m for m in said) and any("empty file (0 bytes)" in m for m in said), said
+    assert sorted(pd.read_csv(tmp_path / "p" / "metadata.csv")["filename"]) == ["A/good.wav", "B/good.wav"]
+    files, problems = expand_inputs([str(data)])
+    assert nameless not in files and (nameless, "file name that is not valid UTF-8 text (rename it)") in problems
+
+
+def test_a_source_changed_after_it_was_prepared_is_prepared_again(tmp_path):
+    """prepare's resume kept the WAV of an older version of a source whose file was replaced
+    since (same name, other content): a source modified after its WAV is converted again."""
+    from birdnet_tf.data.dataset import prepare_dataset
+
+    data = tmp_path / "data"
+    wav(data / "A" / "a.wav", seconds=1.0, seed=1)
+    wav(data / "B" / "b.wav", seconds=1.0, seed=2)
+    prepare_dataset(data, tmp_path / "p", 16000, workers=1, progress=False, log=lambda m: None)
+    before = (tmp_path / "p" / "A" / "a.wav").read_bytes()
+    wav(data / "A" / "a.wav", seconds=2.0, seed=9)  # a longer recording under the same name
+    st = os.stat(data / "A" / "a.wav")
+    os.utime(data / "A" / "a.wav", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # clearly after the WAV
+    df = prepare_dataset(data, tmp_path / "p", 16000, workers=1, progress=False, log=lambda m: None)
+    after = (tmp_path / "p" / "A" / "a.wav").read_bytes()
+    assert after != before and df.set_index("key").loc["A/a.wav", "duration_s"] == pytest.approx(2.0)
+    assert (tmp_path / "p" / "B" / "b.wav").stat().st_mtime_ns <= st.st_mtime_ns + 10**9  # b kept
+
+
+def test_a_source_that_changes_while_it_is_read_is_not_kept(tmp_path):
+    """A recording still being written (a copy arriving) changes while prepare reads it: its
+    WAV would mix two versions, so it fails with one line and no WAV; the rerun converts it."""
+    import threading
+    import time
+
+    from birdnet_tf.data.prepare import prepare
+
+    src = wav(tmp_path / "data" / "long.wav", seconds=900, rate=8000, seed=4)  # ~1 s to resample: the margin
+    out = tmp_path / "p"
+    stop = threading.Event()
+
+    def touch_when_reading():  # the moment the WAV's temporary file appears, the source grows
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            if out.exists() and any(p.name.startswith(".long.wav.") for p in out.iterdir()):
+                with open(src, "ab") as f:
+                    f.write(b"\0\0")
+                return
+            time.sleep(0.001)
+
+    toucher = threading.Thread(target=touch_when_reading)
+    toucher.start()
+    try:
+        with pytest.warns(UserWarning, match="changed while it was read"):  # (and "below the target rate")
+            result = prepare([("long.wav", src)], out, 22050, workers=1, progress=False)
+    finally:
+        stop.set()
+        toucher.join()
+    assert [key for key, _, _ in result.failed] == ["long.wav"] and not (out / "long.wav").exists()
+    again = prepare([("long.wav", src)], out, 22050, workers=1, progress=False)
+    assert again.converted == 1 and not again.failed

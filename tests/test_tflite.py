@@ -23,10 +23,12 @@ from birdnet_tf.export import ExportedModel  # noqa: E402
 from birdnet_tf.infer.predict import expand_inputs  # noqa: E402
 from birdnet_tf.tflite import (  # noqa: E402
     QUANTIZATIONS,
+    TFLITE_MARKER,
     TOLERANCES,
     TFLiteModel,
     audio_windows,
     check_builtin_only,
+    check_outputs,
     convert,
     export_tflite,
     flatbuffer_ops,
@@ -233,7 +235,8 @@ def test_a_quantization_failing_verification_is_not_written(trained_synthetic, t
     with pytest.raises(BirdnetError, match=r"1 quantization\(s\) failed verification; written: float32"):
         export_tflite(trained_synthetic.run, out, ["float32", "int8"], reference=trained_synthetic.export,
                       log=logs.append)
-    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "model_float32.json", "model_float32.tflite"]
+    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "labels.txt", "model_float32.json",
+                                                    "model_float32.tflite"]
     assert any("model_int8.tflite: verification FAILED, not written" in line for line in logs)
 
 
@@ -275,6 +278,28 @@ def test_cli_refuses_an_existing_output(trained_synthetic, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["model_int8.tflite"]
 
 
+def test_force_replaces_only_models_this_command_wrote(exported, trained_synthetic, tmp_path):
+    """issue 12's --force rule: a folder of someone else's model_int8.tflite and a parent of
+    outputs are refused even with --force (before any conversion); a folder tflite wrote may be."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "model_int8.tflite").write_bytes(b"keep me")
+    rc, _, err = run_cli(["tflite", str(trained_synthetic.run), "--out", str(theirs), "--quantization", "int8",
+                          "--force"])
+    assert rc == 2 and "not written by birdnet-tf tflite" in err
+    assert (theirs / "model_int8.tflite").read_bytes() == b"keep me"
+    parent = tmp_path / "parent"
+    (parent / "run").mkdir(parents=True)
+    (parent / "run" / "state.json").write_text("{}")
+    (parent / "labels.txt").write_text("a\n")
+    with pytest.raises(BirdnetError, match="never replaces a parent"):
+        check_outputs(parent, ["int8"], force=True)
+    assert (exported.out / TFLITE_MARKER).is_file()
+    check_outputs(exported.out, ["int8"], force=True)  # its own folder: may be replaced
+    with pytest.raises(BirdnetError, match="pass --force"):
+        check_outputs(exported.out, ["int8"], force=False)
+
+
 def test_cli_default_verifies_on_the_runs_validation_files(trained_synthetic, tmp_path):
     import pandas as pd
 
@@ -284,7 +309,8 @@ def test_cli_default_verifies_on_the_runs_validation_files(trained_synthetic, tm
     n_val = int((pd.read_csv(trained_synthetic.run / "split.csv")["split"] == "val").sum())
     assert f"run's {n_val} validation recording(s)" in stdout
     assert "model_float32.tflite" in stdout and "max |Δscore|" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "model_float32.json", "model_float32.tflite"]
+    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "labels.txt", "model_float32.json",
+                                                    "model_float32.tflite"]
     meta = json.loads((out / "model_float32.json").read_text())
     assert meta["verification"]["recordings"] == n_val
     assert meta["verification"]["reference"] == "temporary SavedModel export of the run"

@@ -31,6 +31,7 @@ from birdnet_tf.fileio import filtered_native_stderr, temp_file_beside
 __all__ = [
     "AUDIO_EXTENSIONS",
     "audio_duration_s",
+    "header_frames",
     "load_audio",
     "read_wav_header",
     "temp_file_beside",
@@ -65,6 +66,23 @@ def _filtered_native_stderr():
 # --------------------------------------------------------------------------
 # Decoding
 # --------------------------------------------------------------------------
+
+
+def _open_sound_file(path: Path) -> sf.SoundFile:
+    """``sf.SoundFile`` of ``path``; a name that is not valid UTF-8 (bytes a file system holds
+    but soundfile cannot pass to libsndfile) is opened through a file descriptor instead."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            return sf.SoundFile(fd, closefd=True)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+    return sf.SoundFile(name)
 
 
 def _check_path(path: Path) -> None:
@@ -107,7 +125,7 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
     stopped_early: str | None = None
     with _filtered_native_stderr():
         try:
-            f = sf.SoundFile(str(path))
+            f = _open_sound_file(path)
         except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
             raise AudioDecodeError(
                 f"{path}: not a recognised audio file or corrupt ({_decoder_reason(e)})"
@@ -221,7 +239,7 @@ def iter_audio(path: str | os.PathLike, sample_rate_hz: int, clip: bool = True) 
     _check_path(path)
     with _filtered_native_stderr():
         try:
-            f = sf.SoundFile(str(path))
+            f = _open_sound_file(path)
         except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
             raise AudioDecodeError(f"{path}: not a recognised audio file or corrupt ({_decoder_reason(e)})") from None
     rate = int(f.samplerate)
@@ -376,6 +394,17 @@ def read_wav_header(path: str | os.PathLike) -> WavHeader | None:
     except OSError:
         return None
     return None
+
+
+def header_frames(path: str | os.PathLike) -> tuple[int, int]:
+    """``(frames, sample rate)`` as the file's header states them (cheap; may be wrong for
+    MP3s, see :func:`audio_duration_s`). libmpg123's chatter while opening is filtered.
+
+    Raises:
+        soundfile.SoundFileError, RuntimeError: the file cannot be opened.
+    """
+    with _filtered_native_stderr(), _open_sound_file(Path(path)) as f:
+        return int(f.frames), int(f.samplerate)
 
 
 def audio_duration_s(path: str | os.PathLike) -> float:

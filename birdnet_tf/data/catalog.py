@@ -309,6 +309,10 @@ def _load_class_folders(data_dir: Path) -> pd.DataFrame:
                     skipped.append((path.relative_to(data_dir).as_posix(), "not a readable file"))
                     continue
                 key = path.relative_to(data_dir).as_posix()
+                problem = entry_problem(key)  # e.g. a name that is no text: it could not be written to a table
+                if problem:
+                    skipped.append((key, problem))
+                    continue
                 records.append(
                     {"key": key, "path": os.path.abspath(path), "primary_label": class_dir.name, "secondary_labels": []}
                 )

@@ -142,8 +142,14 @@ def _convert_one(source: str, output: str, sample_rate_hz: int) -> tuple[float |
         try:
             out = Path(output)
             out.parent.mkdir(parents=True, exist_ok=True)
+            before = _fingerprint(source)
             n = stream_wav16(lambda: iter_audio(source, sample_rate_hz, clip=False), out, sample_rate_hz)
             result: tuple[float | None, str | None] = (n / sample_rate_hz, None)
+            if _fingerprint(source) != before:  # a copy still arriving, a recorder still writing
+                with contextlib.suppress(OSError):
+                    out.unlink()
+                result = (None, "changed while it was read (size or modification time); "
+                                "run prepare again once it is complete")
         except Exception as e:  # noqa: BLE001 - one file must never stop the job
             result = (None, failure_reason(e, source))
     return result[0], result[1], [_one_line(str(w.message)) for w in caught]
@@ -184,6 +190,21 @@ def stream_wav16(blocks: Callable[[], Iterable[np.ndarray]], path: Path, sample_
         if peak > 1.0:
             n, _ = write(tmp, 32767.0 / peak)
     return n
+
+
+def _fingerprint(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(size, modification time in ns)`` of ``path`` (following links), None if unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _newer_than(source: Path, output: Path) -> bool:
+    """True when ``source`` was modified after ``output`` was written (prepared from an older version)."""
+    src, out = _fingerprint(source), _fingerprint(output)
+    return src is not None and out is not None and src[1] > out[1]
 
 
 def _valid_output(path: Path, sample_rate_hz: int) -> float | None:
@@ -402,7 +423,7 @@ def prepare(
     todo: list[tuple[str, Path, Path]] = []
     for key, src, out in plan:
         duration = _valid_output(out, sample_rate_hz)
-        if duration is not None:
+        if duration is not None and not _newer_than(src, out):  # a source changed since is prepared again
             result.done[key] = (out, duration)
             result.skipped += 1
         else:

@@ -700,9 +700,9 @@ def _compiled(cfg: ChunkConfig) -> Callable:
 
 def _worker_init(threads: int) -> None:
     """Runs once in each worker process: TensorFlow quiet and using its share of the cores."""
-    from birdnet_tf.cli import _quiet_tensorflow
+    from birdnet_tf.fileio import quiet_tensorflow
 
-    _quiet_tensorflow()  # imports TensorFlow without its start-up chatter
+    quiet_tensorflow()  # imports TensorFlow without its start-up chatter
     import tensorflow as tf
 
     with contextlib.suppress(RuntimeError):  # already initialised (in-process use)
@@ -972,9 +972,9 @@ def extract(
     try:
         if workers == 1 or len(todo) <= 1:
             if todo:
-                from birdnet_tf.cli import _quiet_tensorflow
+                from birdnet_tf.fileio import quiet_tensorflow
 
-                _quiet_tensorflow()  # imports TensorFlow here without its start-up chatter
+                quiet_tensorflow()  # imports TensorFlow here without its start-up chatter
             for job in todo:
                 record(job, _extract_one(job, str(out_dir), cfg, seed))
         else:

@@ -24,8 +24,9 @@ writes one of the :data:`FORMATS`:
 The BirdCLEF formats rank all scores: they ignore ``min_score``, ``thresholds`` and merging,
 but honour ``include``/``exclude``. Every file is written atomically through
 :mod:`birdnet_tf.fileio`; an existing output is refused unless ``force``. A folder output
-is built beside its target and renamed into place, so an interrupted job leaves either
-the whole folder or nothing.
+is built beside its target and put in its place in one step, so an interrupted job leaves
+the old folder or the new one, whole; ``force`` replaces only a folder ``predict`` wrote
+(its :data:`PREDICTIONS_MARKER`), never someone else's files or a parent of outputs.
 
 Pure numpy/pandas; nothing happens at import.
 """
@@ -46,7 +47,8 @@ import numpy as np
 import pandas as pd
 
 from birdnet_tf.errors import BirdnetError
-from birdnet_tf.fileio import write_json_atomic, write_text_atomic
+from birdnet_tf.fileio import (check_replaceable, replace_folder, restore_folder, write_json_atomic,
+                                write_text_atomic)
 
 KEY_COLUMNS: tuple[str, ...] = ("file", "start_s", "end_s")
 """The non-label columns of a score table, in this order."""
@@ -465,26 +467,33 @@ def _write_file(out: PathLike, text: str, force: bool) -> list[Path]:
     return [out]
 
 
-def _write_folder(out_dir: PathLike, contents: dict[str, str], force: bool) -> list[Path]:
-    """Writes ``{file name: text}`` into the folder ``out_dir``.
+PREDICTIONS_MARKER = ".birdnet_tf_predictions.json"
+"""The file by which a folder output (:data:`FOLDER_FORMATS`) is recognised as written by
+``predict``: ``--force`` replaces only such a folder (:func:`birdnet_tf.fileio.check_replaceable`)."""
 
-    A new (or empty) folder is built beside its target and renamed into place, so a
-    failure leaves nothing; with ``force`` a non-empty folder is updated file by file
-    (each atomically; other files in it are left alone).
-    """
+
+def check_folder_output(out_dir: PathLike, force: bool) -> None:
+    """Raises :class:`BirdnetError` unless ``out_dir`` may receive a folder output: it does not
+    exist, is an empty folder, or (with ``force``) is a predictions folder this package wrote."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BirdnetError(f"{out}: exists and is not a folder; this format writes a folder of files")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise BirdnetError(f"{out}: folder exists and is not empty; choose another --out or pass --force")
-        paths = []
-        for name, text in contents.items():
-            try:
-                paths.append(write_text_atomic(out / name, text))
-            except OSError as e:
-                raise BirdnetError(f"{out / name}: cannot write: {e.strerror or e}") from None
-        return paths
+    check_replaceable(out, (PREDICTIONS_MARKER,), "predictions folder", force)
+
+
+def _write_folder(out_dir: PathLike, contents: dict[str, str], force: bool, fmt: str = "") -> list[Path]:
+    """Writes ``{file name: text}`` into the folder ``out_dir``, with its marker file.
+
+    The folder is built beside its target and put in its place in one step, so a failure
+    or a kill leaves either the old folder or the new one, whole. A non-empty ``out_dir``
+    is replaced only with ``force`` and only when it is a predictions folder this package
+    wrote (:func:`check_folder_output`) — never someone else's files or a parent of outputs.
+    """
+    from birdnet_tf import __version__
+
+    out = Path(out_dir)
+    check_folder_output(out, force)
+    restore_folder(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
@@ -495,10 +504,13 @@ def _write_folder(out_dir: PathLike, contents: dict[str, str], force: bool) -> l
     try:
         for name, text in contents.items():
             (tmp / name).write_text(text, encoding="utf-8")
+        name = PREDICTIONS_MARKER
+        write_json_atomic(tmp / PREDICTIONS_MARKER, {"birdnet_tf_version": __version__, "format": fmt,
+                                                     "files": list(contents)})
         name = None
-        if out.is_dir():
+        if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
-        os.replace(tmp, out)
+        replace_folder(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         target = out / name if name is not None else out
@@ -626,7 +638,7 @@ def write_raven(dets: pd.DataFrame, files: Iterable[str], out_dir: PathLike, *, 
         sample_rate_hz: When given, the default upper frequency is its Nyquist.
         low_freq_hz: Lower frequency of every selection; default 0.
         high_freq_hz: Upper frequency; default the Nyquist, else 15000 Hz.
-        force: Replace same-named tables in an existing non-empty folder.
+        force: Replace a folder of tables this command wrote earlier (whole).
 
     Returns:
         The written tables, in file order.
@@ -653,7 +665,7 @@ def write_raven(dets: pd.DataFrame, files: Iterable[str], out_dir: PathLike, *, 
                 f"{high:.1f}", str(row.label), f"{row.score:.4f}", path, _seconds(row.start_s),
             ]))
         contents[f"{stems[f]}.selections.txt"] = "\n".join(lines) + "\n"
-    return _write_folder(out_dir, contents, force)
+    return _write_folder(out_dir, contents, force, "raven")
 
 
 def write_audacity(dets: pd.DataFrame, files: Iterable[str], out_dir: PathLike, *,
@@ -674,7 +686,7 @@ def write_audacity(dets: pd.DataFrame, files: Iterable[str], out_dir: PathLike, 
         lines = [f"{_seconds(r.start_s)}\t{_seconds(r.end_s)}\t{r.label} ({r.score:.3f})"
                  for r in per_file[f].itertuples(index=False)]
         contents[f"{stems[f]}.labels.txt"] = "".join(line + "\n" for line in lines)
-    return _write_folder(out_dir, contents, force)
+    return _write_folder(out_dir, contents, force, "audacity")
 
 
 def _check_id(value: str, what: str, of: str) -> str:
@@ -859,7 +871,7 @@ def write_output(table: pd.DataFrame, labels: Iterable[str], out: PathLike, fmt:
         class_ids, media_ids: BirdCLEF ids (see :func:`write_birdclef_monophone`).
         sample_rate_hz, low_freq_hz, high_freq_hz: Raven frequency bounds (see
             :func:`write_raven`).
-        force: Replace an existing output file / update a non-empty output folder.
+        force: Replace an existing output file / a predictions folder written earlier.
 
     Returns:
         The paths written.

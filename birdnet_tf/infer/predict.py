@@ -36,7 +36,8 @@ from birdnet_tf.errors import BirdnetError, about
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Files as given plus the audio files found (recursively, sorted) in given folders.
 
-    Returns (files, problems) where problems are (path, reason) for paths that do not exist.
+    Returns (files, problems) where problems are (path, reason) for paths that do not exist
+    and files whose name is not text (it could not be written to an output table).
     """
     from birdnet_tf.data.audio import AUDIO_EXTENSIONS
 
@@ -52,7 +53,17 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
             files.append(item)
         else:
             problems.append((item, "path does not exist"))
-    return files, problems
+    named = [f for f in files if _text_name(f)]  # an output table names every file: it must be text
+    problems += [(f, "file name that is not valid UTF-8 text (rename it)") for f in files if not _text_name(f)]
+    return named, problems
+
+
+def _text_name(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _cut(x: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:

@@ -379,10 +379,10 @@ def _expected(source, sample_rate_hz: int) -> int:
     if isinstance(source, np.ndarray):
         return len(source)
     try:
-        import soundfile as sf
+        from birdnet_tf.data.audio import header_frames
 
-        info = sf.info(str(source))
-        return int(info.frames * sample_rate_hz / info.samplerate) + 1
+        frames, rate = header_frames(source)
+        return int(frames * sample_rate_hz / rate) + 1
     except Exception:  # noqa: BLE001 - only a size hint; decoding reports real problems
         return 0
 
