@@ -28,7 +28,7 @@ from birdnet_tf.distill.teachers import (  # noqa: E402
     teacher_kind,
     teacher_weights,
 )
-from birdnet_tf.errors import BirdnetError  # noqa: E402
+from birdnet_tf.errors import BirdnetError, ConfigError  # noqa: E402
 
 
 def table_of(labels, files, windows, scores, known, complete=True, source="t.csv") -> TeacherTable:
@@ -334,3 +334,15 @@ def test_sigmoid_student_is_taught_absence_by_window_scores():
     assert tape.gradient(loss, logits).numpy()[0, 0] > 0  # gradient descent lowers the "a" score
     target = soft_target(label[None], silent[None, :, 0], silent[None, :, 1], 0.5)  # half label: 0.51
     np.testing.assert_allclose(target.numpy(), [[0.51, 0.005]], atol=1e-6)
+
+
+def test_pseudo_labels_with_bucketed_excerpts_are_refused_before_anything_is_written(tmp_path):
+    from birdnet_tf.distill.setup import check_distill_config
+
+    table = tmp_path / "t.csv"
+    table.write_text("file,start_s,end_s,a\nf.wav,0,3,0.5\n")
+    cfg = Config().replace([f"distill.teachers={table}", f"distill.unlabeled={tmp_path}",
+                            "data.excerpt_s=3", "data.excerpt_max_s=6"])
+    with pytest.raises(ConfigError, match="fixed-length excerpts"):
+        check_distill_config(cfg)
+    check_distill_config(cfg.replace(["data.excerpt_max_s=0"]))  # fixed-length: accepted

@@ -60,6 +60,9 @@ def check_distill_config(cfg: Config) -> None:
         raise BirdnetError(f"{d.weights}: distill.weights file does not exist")
     if d.unlabeled and not d.teachers:
         raise ConfigError("distill.unlabeled recordings need teachers to label them (distill.teachers / --teacher)")
+    if d.unlabeled and cfg.data.excerpt_max_s > cfg.data.excerpt_s:
+        raise ConfigError("distill.unlabeled needs fixed-length excerpts (data.excerpt_max_s = 0), "
+                          "not bucketed ones")
 
 
 @dataclass

@@ -736,10 +736,6 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             from birdnet_tf.distill.pseudo import unlabeled_catalog
             from birdnet_tf.distill.targets import TableTargets
 
-            if not teachers.any:
-                raise ConfigError("distill.unlabeled recordings need teachers to label them")
-            if pipeline.bucketed(cfg):
-                raise ConfigError("distill.unlabeled needs fixed-length excerpts (data.excerpt_max_s = 0)")
             u = unlabeled_catalog(cfg.distill.unlabeled, cfg.audio.sample_rate_hz, workers=workers, log=log)
             unlabeled = (list(u["wav_path"]), u["duration_s"].to_numpy(float), TableTargets(
                 teachers.tables, list(u["key"]), list(u["wav_path"]), cfg.distill.temperature, log)
