@@ -217,19 +217,14 @@ def interrupt_training_at_epoch_2(monkeypatch):
 
     Returns a function that undoes it, so the same test can resume the run.
     """
-    from birdnet_tf.train import trainer
+    from birdnet_tf.train import callbacks
 
-    real_callbacks = trainer._callbacks_module
+    real_checkpoint = callbacks.RunCheckpoint
 
-    def interrupting_callbacks():
-        FileValidation, RunCheckpoint, *others = real_callbacks()
+    class InterruptingCheckpoint(real_checkpoint):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
 
-        class InterruptingCheckpoint(RunCheckpoint):
-            def on_epoch_begin(self, epoch, logs=None):
-                if epoch == 1:
-                    raise KeyboardInterrupt
-
-        return FileValidation, InterruptingCheckpoint, *others
-
-    monkeypatch.setattr(trainer, "_callbacks_module", interrupting_callbacks)
-    return lambda: monkeypatch.setattr(trainer, "_callbacks_module", real_callbacks)
+    monkeypatch.setattr(callbacks, "RunCheckpoint", InterruptingCheckpoint)
+    return lambda: monkeypatch.setattr(callbacks, "RunCheckpoint", real_checkpoint)

@@ -143,7 +143,7 @@ def test_bucketed_dataset_repeats_with_new_orders(files, tiny_config):
 
 def test_a_model_trains_on_bucketed_batches(files, tiny_config):
     from birdnet_tf.models.build import build_model
-    from birdnet_tf.train.trainer import make_loss, make_optimizer
+    from birdnet_tf.train.optim import make_loss, make_optimizer
 
     paths, durations = files
     cfg = bucket_cfg(tiny_config, **{"data.excerpt_s": 2.0, "data.excerpt_max_s": 5.0})  # >= the receptive field

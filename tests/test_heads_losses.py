@@ -240,7 +240,7 @@ def test_grouped_convolutions_build_and_train_a_step():
     assert tuple(model.get_layer("c5_conv").kernel.shape)[2:] == (4, 16)
     assert tuple(model.get_layer("c1_conv").kernel.shape) == (3, 3, 1, 8)  # one input channel: never grouped
     assert model.count_params() < plain.count_params()
-    from birdnet_tf.train.trainer import make_loss, make_optimizer
+    from birdnet_tf.train.optim import make_loss, make_optimizer
 
     cfg = cfg.replace(["train.loss=bce"])
     model.compile(optimizer=make_optimizer(cfg, 2), loss=make_loss(cfg))
@@ -294,7 +294,8 @@ def test_ce_bgtopk_by_hand():
     # row 2: one non-target (3), fewer than k: only it is ignored → -(ln .9 + ln .8 + ln .7)/4 = 0.171295
     np.testing.assert_allclose(per_example, [0.0526803, 0.351676, 0.171295], rtol=2e-5)
     np.testing.assert_allclose(batch, np.mean([0.0526803, 0.351676, 0.171295]), rtol=2e-5)
-    from birdnet_tf.train.losses import bgtopk_keep, bgtopk_keep_np
+    from birdnet_tf.models.losses import bgtopk_keep
+    from birdnet_tf.train.losses import bgtopk_keep_np
 
     keep = [[1, 0, 0, 1], [1, 0, 1, 0], [1, 1, 1, 0]]
     np.testing.assert_array_equal(bgtopk_keep(tf.constant(T), tf.constant(P), 2).numpy(), keep)

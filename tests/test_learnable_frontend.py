@@ -155,7 +155,7 @@ def test_gradients_reach_every_frontend_parameter_and_save_load_round_trips(filt
 def test_compiled_model_resumes_with_its_frontend_lr_scale(tmp_path):
     """last.keras holds the optimizer: its class, lr scale and scaled variables survive a reload."""
     from birdnet_tf.models.build import build_model, load_keras_model
-    from birdnet_tf.train.trainer import make_loss, make_optimizer
+    from birdnet_tf.train.optim import make_loss, make_optimizer
 
     cfg = tiny_cfg("frontend.filterbank=mel_learn", "frontend.magnitude=log1p_learn", "frontend.frontend_lr_scale=10")
     model = build_model(cfg, 3)
@@ -196,7 +196,7 @@ def test_default_frontend_is_unchanged():
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_frontend_lr_scale_multiplies_the_frontend_update(optimizer):
     from birdnet_tf.models.build import build_model
-    from birdnet_tf.train.trainer import make_optimizer
+    from birdnet_tf.train.optim import make_optimizer
 
     settings = ["frontend.filterbank=mel_learn", "frontend.magnitude=log1p_learn", f"train.optimizer={optimizer}",
                 "train.momentum=0", "train.weight_decay=0", "train.schedule=constant", "train.warmup_epochs=0",

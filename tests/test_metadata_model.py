@@ -141,7 +141,7 @@ def test_noise_spares_indicators_and_missing_fields():
 
 def test_combined_model_names_and_init_from_audio_run(tmp_path):
     from birdnet_tf.models.build import build_model, load_keras_model
-    from birdnet_tf.train.trainer import apply_init_weights, read_init_weights
+    from birdnet_tf.train.init_weights import apply_init_weights, read_init_weights
 
     audio_cfg = Config().replace(TINY_SETTINGS)
     audio = build_model(audio_cfg, 3)

@@ -26,8 +26,9 @@ from conftest import TINY_SETTINGS  # noqa: E402
 from birdnet_tf.config import Config  # noqa: E402
 from birdnet_tf.errors import BirdnetError, ConfigError  # noqa: E402
 from birdnet_tf.models.build import build_model, load_keras_model  # noqa: E402
-from birdnet_tf.train.trainer import (  # noqa: E402
-    apply_init_weights, make_optimizer, make_schedule, read_init_weights, train)
+from birdnet_tf.train.init_weights import apply_init_weights, read_init_weights  # noqa: E402
+from birdnet_tf.train.optim import make_optimizer, make_schedule  # noqa: E402
+from birdnet_tf.train.trainer import train  # noqa: E402
 
 
 def approx(value):
@@ -274,8 +275,8 @@ def test_models_with_a_schedule_load_in_a_fresh_process(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "best.keras")], capture_output=True,
                           text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("RootSchedule"), (
-        "load_keras_model must register the learning-rate schedules (birdnet_tf.train.trainer."
-        f"register_schedules()) before loading:\n{proc.stderr[-1500:]}")
+        "load_keras_model must register the learning-rate schedules (birdnet_tf.models.objects."
+        f"custom_objects()) before loading:\n{proc.stderr[-1500:]}")
 
 
 def test_train_fine_tune_from_best_keras(trained_synthetic, tmp_path):
@@ -301,13 +302,12 @@ def test_train_fine_tune_from_best_keras(trained_synthetic, tmp_path):
 
 # ------------------------------------------------------------------ plateau (OFAI)
 def test_plateau_decay_drops_after_patience_at_most_drops_times_and_warms_up():
-    from birdnet_tf.train.trainer import _callbacks_module
+    from birdnet_tf.train.callbacks import PlateauDecay
 
     cfg = tiny_cfg("train.schedule=plateau", "train.learning_rate=0.01", "train.min_learning_rate=0.00005")
     assert make_schedule(cfg, 10) == 0.01  # a plain rate: the callback lowers it
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer=make_optimizer(cfg, 10), loss="mse")
-    PlateauDecay = _callbacks_module()[2]
     state, messages = {}, []
     cb = PlateauDecay("val_x", patience=2, factor=0.1, drops=2, base_lr=0.01, min_lr=5e-5, warmup_steps=4,
                       state=state, log=messages.append)

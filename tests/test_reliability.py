@@ -145,11 +145,11 @@ def test_evaluate_out_refuses_an_existing_folder_without_force(trained_synthetic
 
 # ------------------------------------------------------------------ runs and their temporaries
 def test_history_rows_survive_an_empty_file_and_stale_parts_are_removed(tmp_path):
-    from birdnet_tf.train.trainer import _trim_history, append_history_row
+    from birdnet_tf.train.callbacks import append_history_row, trim_history
 
     history = tmp_path / "history.csv"
     history.write_text("")  # what a kill left with Keras' CSVLogger
-    _trim_history(history, 0)
+    trim_history(history, 0)
     append_history_row(history, 0, {"loss": 1.0, "val_mlrap": 0.5})
     append_history_row(history, 1, {"loss": 0.5, "val_mlrap": 0.6})
     append_history_row(history, 1, {"loss": 0.4, "val_mlrap": 0.7})  # an epoch run again replaces its row

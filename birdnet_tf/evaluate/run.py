@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from birdnet_tf.config import read_config_json
 from birdnet_tf.errors import BirdnetError
 from birdnet_tf.evaluate.pooling import POOLINGS, pool
+from birdnet_tf.runs import open_run
 
 
 def pool_by_file(window_scores: np.ndarray, file_index: np.ndarray, n_files: int, method: str) -> np.ndarray:
@@ -34,71 +34,6 @@ def score_windows(model, windows, n_files: int, method: str) -> np.ndarray:
     return pool_by_file(predict_windows(model, windows), windows.file_index, n_files, method)
 
 
-def _split_rows(run_dir: Path, split: str, cfg, extra: dict, log, need_audio: bool = True) -> pd.DataFrame:
-    from birdnet_tf.data.dataset import prepared_catalog
-
-    table = pd.read_csv(run_dir / "split.csv", keep_default_na=False)
-    rows = table if split == "all" else table[table["split"] == split]
-    if rows.empty:
-        raise BirdnetError(f"{run_dir / 'split.csv'}: no files in split '{split}' (choose val, train or all)")
-    if need_audio and not all(Path(p).is_file() for p in rows["wav_path"]):
-        # the prepared cache was removed or the run moved: prepare the data folder again
-        catalog = prepared_catalog(extra.get("data_dir", ""), cfg.audio.sample_rate_hz, log=log)
-        where = dict(zip(catalog["key"], catalog["wav_path"]))
-        rows = rows[rows["key"].isin(where)].copy()
-        rows["wav_path"] = rows["key"].map(where)
-    rows = rows.copy()
-    rows["secondary_labels"] = [[s for s in str(v).split(";") if s] for v in rows["secondary_labels"]]
-    return rows.reset_index(drop=True)
-
-
-def run_metadata_features(run_dir: Path, rows: pd.DataFrame, extra: dict, log=print) -> np.ndarray:
-    """Metadata features of ``rows`` (``split.csv`` rows) with the run's saved encoder: float32 ``[rows, F]``.
-
-    The raw date, time, latitude, longitude and elevation come from ``split.csv`` (written there
-    by training); a ``split.csv`` without them is completed from the run's dataset
-    (``extra["data_dir"]``), matched by ``key``.
-
-    Raises:
-        BirdnetError: The run has no ``metadata_encoder.json``.
-    """
-    from birdnet_tf.data.metadata import FIELDS, METADATA_ENCODER_FILENAME, MetadataEncoder
-
-    path = run_dir / METADATA_ENCODER_FILENAME
-    if not path.is_file():
-        raise BirdnetError(f"{path}: missing; this metadata run cannot be evaluated without its encoder")
-    encoder = MetadataEncoder.load(path)
-    if not all(column in rows.columns for column in FIELDS):
-        from birdnet_tf.data.catalog import load_catalog
-
-        catalog = load_catalog(extra.get("data_dir", ""), check_files=False).set_index("key")
-        rows = rows.copy()
-        for column in FIELDS:
-            if column not in rows.columns:
-                rows[column] = rows["key"].map(catalog[column]) if column in catalog.columns else pd.NA
-        log(f"metadata of the files read from {extra.get('data_dir')} (split.csv has none)")
-    return encoder.transform(rows)
-
-
-def _chunk_split_rows(run_dir: Path, split: str, cfg, extra: dict, log):
-    """The files of ``split`` of a run on PNG chunks and a WindowSet of their signal chunks (at most
-    ``chunks.max_chunks_per_file`` = MAX_SPECS_PER_FILE per file).
-
-    Files without a signal chunk are left out (and counted in the log).
-    """
-    from birdnet_tf.data.pipeline import chunk_file_windows, read_chunk_index
-
-    table = pd.read_csv(run_dir / "split.csv", keep_default_na=False, dtype={"key": str, "split": str})
-    rows = table if split == "all" else table[table["split"] == split]
-    if rows.empty:
-        raise BirdnetError(f"{run_dir / 'split.csv'}: no files in split '{split}' (choose val, train or all)")
-    index = read_chunk_index(extra.get("data_dir", ""), cfg)
-    windows, rows = chunk_file_windows(index, rows, cfg, cfg.chunks.max_chunks_per_file, log)  # MAX_SPECS_PER_FILE
-    rows = rows.copy()
-    rows["secondary_labels"] = [[s for s in str(v).split(";") if s] for v in rows["secondary_labels"]]
-    return rows.reset_index(drop=True), windows
-
-
 def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | None = None,
                  model_file: str = "best.keras", out_dir: str | os.PathLike | None = None, log=print,
                  force: bool = False) -> dict:
@@ -114,42 +49,27 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | 
     Returns:
         The metrics dict also written to ``report.json``, plus ``report_dir``.
     """
-    from birdnet_tf.fileio import check_replaceable
-    from birdnet_tf.models.build import load_keras_model
-
-    from birdnet_tf.data.labels import LabelSet, background_matrix, primary_indices
-    from birdnet_tf.data.pipeline import CHUNK_INPUT, evaluation_windows
+    from birdnet_tf.data.labels import background_matrix, primary_indices
     from birdnet_tf.evaluate.metrics import evaluate_scores
     from birdnet_tf.evaluate.report import write_report
+    from birdnet_tf.fileio import check_replaceable
+    from birdnet_tf.models.objects import load_model
+    from birdnet_tf.train.sources import run_source
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise BirdnetError(f"{run_dir}: not a run folder (no config.json)")
+    run = open_run(run_dir)
+    run_dir = run.root
     model_path = run_dir / model_file
     if not model_path.is_file():
         raise BirdnetError(f"{model_path}: no model to evaluate (has training finished an epoch?)")
-    if out_dir is not None and Path(out_dir).resolve() != (run_dir / "eval").resolve():
+    if out_dir is not None and Path(out_dir).resolve() != run.paths.eval.resolve():
         check_replaceable(out_dir, ("report.json",), "report folder", force)  # before any work
-    cfg, extra = read_config_json(run_dir / "config.json")
+    cfg = run.cfg
     pooling = pooling or cfg.data.file_pooling
     pool(np.zeros((1, 1)), pooling)  # validates the name before any work
-    labels = LabelSet.load(run_dir / "labels.txt")
-    if extra.get("input") == CHUNK_INPUT:  # trained on a birdnet-tf extract folder: score its PNG chunks
-        rows, windows = _chunk_split_rows(run_dir, split, cfg, extra, log)
-        model = load_keras_model(model_path)
-    elif cfg.metadata.use == "only":  # the metadata MLP: one "window" per file, its metadata row
-        from birdnet_tf.models.metadata import metadata_windows
-
-        rows = _split_rows(run_dir, split, cfg, extra, log, need_audio=False)
-        model = load_keras_model(model_path)
-        windows = metadata_windows(run_metadata_features(run_dir, rows, extra, log), cfg)
-    else:
-        rows = _split_rows(run_dir, split, cfg, extra, log)
-        model = load_keras_model(model_path)
-        # every window of each file; the 2018 baseline's models: at most MAX_SPECS_PER_FILE, spread evenly
-        cap = cfg.chunks.max_chunks_per_file if cfg.frontend.kind == "chunks" else None
-        meta = run_metadata_features(run_dir, rows, extra, log) if cfg.metadata.use == "combined" else None
-        windows = evaluation_windows(list(rows["wav_path"]), cfg, max_windows=cap, metadata=meta)
+    labels = run.labels()
+    source = run_source(run, log)  # the run's input kind: recordings, PNG chunks or metadata rows
+    rows, windows = source.evaluation(run, split)
+    model = load_model(model_path)
     scores_w = predict_windows(model, windows)
     primary, background = primary_indices(rows, labels), background_matrix(rows, labels)
 
@@ -161,14 +81,14 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = "val", pooling: str | 
     metrics = evaluate_scores(file_scores, primary, background)
     metrics.update(split=split, pooling=pooling, model=str(model_path), n_windows=int(len(scores_w)),
                    by_pooling=by_pooling)
-    if cfg.distill.teachers and extra.get("input") != CHUNK_INPUT and cfg.metadata.use == "none":
+    if cfg.distill.teachers and source.takes_teachers:
         from birdnet_tf.distill.agreement import run_agreement
 
         agreed = run_agreement(cfg, list(labels), rows, windows, scores_w, log)
         if agreed is not None:
             metrics["teacher_agreement"] = agreed
-    out = Path(out_dir) if out_dir else run_dir / "eval"
-    history = run_dir / "history.csv"
+    out = Path(out_dir) if out_dir else run.paths.eval
+    history = run.paths.history
     written = write_report(out, metrics, list(labels),
                            per_file={"scores": file_scores, "primary_idx": primary, "files": list(rows["key"])},
                            history_csv=history if history.exists() else None, monitor=cfg.train.monitor)

@@ -7,6 +7,7 @@ import keras
 from birdnet_tf.config import Config
 from birdnet_tf.frontend import frontend_layers, spec_augment_layer
 from birdnet_tf.models.layers import TemporalPooling
+from birdnet_tf.models.objects import load_model as load_keras_model  # noqa: F401 - its public path here
 from birdnet_tf.models.registry import get_backbone
 
 
@@ -156,27 +157,3 @@ def min_samples(model: keras.Model, cfg: Config) -> int:
         else:
             lo = mid + 1
     return n_fft + (hi - 1) * hop
-
-
-def load_keras_model(path) -> keras.Model:
-    """Loads a ``.keras`` model saved by birdnet-tf (registers the custom layers first)."""
-    from pathlib import Path
-
-    import birdnet_tf.frontend  # noqa: F401 - registers the frontend layers
-    import birdnet_tf.models.layers  # noqa: F401 - registers the head layers
-    import birdnet_tf.data.image_augment  # noqa: F401 - registers the baseline's augmentation layer
-    import birdnet_tf.data.spec_augment  # noqa: F401 - registers the OFAI spectrogram augmentation layer
-    import birdnet_tf.models.metadata  # noqa: F401 - registers the metadata network's noise layer
-    from birdnet_tf.train.losses import register_losses
-    from birdnet_tf.train.trainer import register_schedules
-
-    register_schedules()  # learning-rate schedules a compiled .keras may hold
-    register_losses()  # and losses
-    from birdnet_tf.errors import BirdnetError
-
-    if not Path(path).is_file():
-        raise BirdnetError(f"{path}: model file does not exist")
-    try:
-        return keras.models.load_model(str(path))
-    except (ValueError, OSError, TypeError) as e:
-        raise BirdnetError(f"{path}: cannot load model ({str(e).splitlines()[0][:200]})") from None

@@ -55,72 +55,6 @@ def parse_loss(name: str) -> tuple[str, int]:
     return kind, k
 
 
-def _register():
-    """Defines and registers (once) :class:`TopKBackgroundBCE`; returns the class."""
-    if "TopKBackgroundBCE" in _CLASSES:
-        return _CLASSES["TopKBackgroundBCE"]
-    import keras
-    import tensorflow as tf
-
-    @keras.saving.register_keras_serializable(package="birdnet_tf")
-    class TopKBackgroundBCE(keras.losses.Loss):
-        """Binary cross-entropy ignoring the ``k`` top-scoring non-targets per example (``ce_bgtopk:k``).
-
-        ``y_true``, ``y_pred``: ``(batch, classes)``, targets in [0, 1] and scores in (0, 1).
-        Returns per example ``Σ_c keep_c · bce_c / classes`` (then Keras' batch reduction).
-        """
-
-        def __init__(self, k: int = 1, label_smoothing: float = 0.0, name: str = "ce_bgtopk", **kwargs):
-            super().__init__(name=name, **kwargs)
-            self.k, self.label_smoothing = int(k), float(label_smoothing)
-
-        def call(self, y_true, y_pred):
-            y_true = tf.cast(y_true, y_pred.dtype)
-            keep = tf.stop_gradient(bgtopk_keep(y_true, y_pred, self.k))
-            t = y_true * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing if self.label_smoothing \
-                else y_true
-            bce = keras.ops.binary_crossentropy(t, y_pred)  # elementwise; from the sigmoid's logits when it has them
-            return tf.reduce_sum(keep * bce, axis=-1) / tf.cast(tf.shape(y_pred)[-1], bce.dtype)
-
-        def get_config(self):
-            return {**super().get_config(), "k": self.k, "label_smoothing": self.label_smoothing}
-
-    _CLASSES["TopKBackgroundBCE"] = TopKBackgroundBCE
-    return TopKBackgroundBCE
-
-
-_CLASSES: dict[str, type] = {}
-
-
-def bgtopk_keep(y_true, y_pred, k: int):
-    """``1.0`` for the classes ``ce_bgtopk:k`` counts, ``0.0`` for the ``k`` it ignores (TF).
-
-    Args:
-        y_true: Targets ``(batch, classes)``; > 0 is a target.
-        y_pred: Scores ``(batch, classes)``.
-        k: Non-targets to ignore per example (the highest-scoring; fewer if there are fewer).
-
-    Returns:
-        ``(batch, classes)`` in ``y_pred``'s dtype.
-    """
-    import tensorflow as tf
-
-    if k <= 0:
-        return tf.ones_like(y_pred)
-    n = tf.shape(y_pred)[-1]
-    neg_inf = tf.fill(tf.shape(y_pred), tf.constant(-np.inf, y_pred.dtype))
-    candidates = tf.where(y_true > 0, neg_inf, y_pred)
-    values, idx = tf.math.top_k(candidates, k=tf.minimum(k, n))  # ties: lower index first
-    chosen = tf.cast(values > -np.inf, y_pred.dtype)  # only real non-targets
-    ignore = tf.reduce_sum(tf.one_hot(idx, n, dtype=y_pred.dtype) * chosen[..., None], axis=-2)
-    return 1.0 - ignore
-
-
-def register_losses() -> None:
-    """Registers the custom losses for loading a compiled ``.keras`` file (idempotent)."""
-    _register()
-
-
 def make_loss(name: str, label_smoothing: float = 0.0):
     """The Keras loss of ``train.loss`` (see the module docstring).
 
@@ -129,16 +63,18 @@ def make_loss(name: str, label_smoothing: float = 0.0):
     """
     import keras
 
+    from birdnet_tf.models.losses import TopKBackgroundBCE
+
     kind, k = parse_loss(name)
     if kind == "bce":
         return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
     if kind == "cce":
         return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    return _register()(k=k, label_smoothing=label_smoothing)
+    return TopKBackgroundBCE(k=k, label_smoothing=label_smoothing)
 
 
 def bgtopk_keep_np(targets: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """numpy :func:`bgtopk_keep` (same ties: the lower class index is ignored first)."""
+    """numpy :func:`birdnet_tf.models.losses.bgtopk_keep` (same ties: the lower class index is ignored first)."""
     keep = np.ones(scores.shape, np.float64)
     if k <= 0:
         return keep
