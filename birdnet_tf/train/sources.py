@@ -302,6 +302,8 @@ class WaveformSource(RecordingSource):
         return fit_model
 
     def set_noise_bank(self, model, files: RunFiles) -> int:
+        from birdnet_tf.train.noise_bank import set_noise_bank
+
         return set_noise_bank(model, list(files.train["wav_path"]), self.cfg, self.log)
 
     def evaluation(self, run: Run, split: str):
@@ -446,6 +448,8 @@ class ChunkSource(ExampleSource):
         return build_model(self.cfg, n_classes, input_kind="image")
 
     def set_noise_bank(self, model, files: RunFiles) -> int:
+        from birdnet_tf.train.noise_bank import set_chunk_noise_bank
+
         index = self.index  # the extract's noise/ chunks of the training files
         noise = index[(index["kind"] == "noise") & index["key"].isin(set(files.train["key"]))]
         return set_chunk_noise_bank(model, list(noise["png"]), self.cfg, self.log)
@@ -568,75 +572,3 @@ def run_metadata_features(run: Run, rows: pd.DataFrame, log=print) -> np.ndarray
                 rows[column] = rows["key"].map(catalog[column]) if column in catalog.columns else pd.NA
         log(f"metadata of the files read from {run.data_dir} (split.csv has none)")
     return encoder.transform(rows)
-
-
-def set_noise_bank(model, wav_paths: list[str], cfg: Config, log=print, max_chunks: int = 256) -> int:
-    """Gives the baseline's ``noise_chunk`` augmentation its bank: noise-only chunks of the training files.
-
-    The on-the-fly counterpart of extract's ``noise/`` set: chunk spectrograms of (a seeded
-    sample of) the training recordings whose signal/noise score is below
-    ``chunks.signal_threshold``. Returns how many were found (0 when the model has no such
-    augmentation).
-    """
-    if "image_augment" not in {layer.name for layer in model.layers}:
-        return 0
-    layer = model.get_layer("image_augment")
-    if "noise_chunk" not in layer.names:
-        return 0
-    from birdnet_tf.data.audio import load_audio
-    from birdnet_tf.data.spectrograms import chunk_spectrogram, cut_chunks, signal_noise_score_tf
-
-    bank: list[np.ndarray] = []
-    for path in np.random.default_rng(cfg.data.seed).permutation(wav_paths):
-        x, _ = load_audio(path, cfg.chunks.sample_rate_hz)
-        _, chunks = cut_chunks(x, cfg.chunks)
-        if len(chunks) == 0:
-            continue
-        images = chunk_spectrogram(chunks, cfg.chunks).numpy()
-        bank += list(images[signal_noise_score_tf(images).numpy() < cfg.chunks.signal_threshold])
-        if len(bank) >= max_chunks:
-            break
-    if not bank:
-        log("warning: no noise-only chunks in the training files; the noise_chunk augmentation is left out")
-        return 0
-    layer.set_noise_bank(np.stack(bank[:max_chunks]))
-    log(f"noise bank for noise_chunk: {min(len(bank), max_chunks)} noise-only chunks from the training files")
-    return min(len(bank), max_chunks)
-
-
-def set_chunk_noise_bank(model, png_paths: list[str], cfg: Config, log=print, max_chunks: int = 256) -> int:
-    """Gives the ``noise_chunk`` augmentation of an image model its bank: up to ``max_chunks`` noise PNGs.
-
-    The PNGs (extract's ``noise/`` chunks, a seeded sample) are read with
-    :func:`~birdnet_tf.data.spectrograms.read_chunk_png`; unreadable ones are skipped with a
-    warning. Returns how many were set (0 when the model has no such augmentation).
-    """
-    if "image_augment" not in {layer.name for layer in model.layers}:
-        return 0
-    layer = model.get_layer("image_augment")
-    if "noise_chunk" not in layer.names:
-        return 0
-    from birdnet_tf.data.spectrograms import read_chunk_png
-
-    bank, bad = [], 0
-    shape = (cfg.chunks.width, cfg.chunks.height)
-    for path in np.random.default_rng(cfg.data.seed).permutation(np.asarray(png_paths, dtype=str)):
-        try:
-            image = read_chunk_png(path)
-        except BirdnetError:
-            image = None
-        if image is None or image.shape != shape:
-            bad += 1
-            continue
-        bank.append(image)
-        if len(bank) >= max_chunks:
-            break
-    if bad:
-        log(f"warning: {bad} noise chunk PNG(s) unreadable or not {shape[0]}x{shape[1]}; left out of the noise bank")
-    if not bank:
-        log("warning: no noise chunks of the training files in the chunks folder; "
-            "the noise_chunk augmentation is left out")
-        return 0
-    layer.set_noise_bank(np.stack(bank))
-    log(f"noise bank for noise_chunk: {len(bank)} noise chunks (PNGs of the training files)")
-    return len(bank)
