@@ -36,7 +36,6 @@ reported; a failed check removes nothing but the half-written export.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -386,6 +385,7 @@ def load_run(run_dir: str | os.PathLike, model_file: str = "best.keras"):
     """
     from birdnet_tf.data.labels import LabelSet
     from birdnet_tf.models.build import load_keras_model
+    from birdnet_tf.runs import InputKind
 
     run = Path(run_dir)
     if not (run / "config.json").is_file():
@@ -396,7 +396,7 @@ def load_run(run_dir: str | os.PathLike, model_file: str = "best.keras"):
     cfg, extra = read_config_json(run / "config.json")
     labels = list(LabelSet.load(run / "labels.txt"))
     model = load_keras_model(path)
-    if extra.get("input") == "chunks":  # an image model trained on PNG chunks: put ChunkSpectrogram in front
+    if InputKind.of_run(cfg, extra) is InputKind.CHUNKS:  # an image model trained on PNG chunks: put ChunkSpectrogram in front
         from birdnet_tf.models.build import waveform_model
 
         model = waveform_model(model, cfg)
@@ -406,11 +406,13 @@ def load_run(run_dir: str | os.PathLike, model_file: str = "best.keras"):
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, model_file: str = "best.keras",
                force: bool = False, window_s: float | None = None, hop_s: float | None = None, log=print) -> Path:
     """Exports a run folder's best model (see :func:`export_model`)."""
+    from birdnet_tf.runs import InputKind, read_state
+
     run = Path(run_dir)
     model, cfg, labels, run_extra = load_run(run, model_file)
-    state = json.loads((run / "state.json").read_text()) if (run / "state.json").exists() else {}
+    state = read_state(run / "state.json")
     trained_on = {"trained_on": "chunk images (birdnet-tf extract); the export computes them from the waveform"} \
-        if run_extra.get("input") == "chunks" else {}
+        if InputKind.of_run(cfg, run_extra) is InputKind.CHUNKS else {}
     labels_csv = run / "labels.csv" if (run / "labels.csv").is_file() else None
     from birdnet_tf.data.metadata import METADATA_ENCODER_FILENAME
 

@@ -461,21 +461,19 @@ def validation_audio(run_dir: str | os.PathLike) -> list[str]:
     The prepared WAV (``wav_path``) when it is still there, else the original file
     (``key`` under the run's ``data_dir``); recordings found in neither place are left out.
     """
-    import pandas as pd
-
     from birdnet_tf.config import read_config_json
+    from birdnet_tf.runs import read_split
 
     run = Path(run_dir)
-    if not (run / "split.csv").is_file():
-        return []
-    table = pd.read_csv(run / "split.csv", keep_default_na=False, dtype=str)
-    if "split" not in table.columns:
+    try:
+        rows = read_split(run / "split.csv", "val")
+    except BirdnetError:  # no split.csv, or none with validation files: nothing to verify on
         return []
     data_dir = ""
     if (run / "config.json").is_file():
         data_dir = str(read_config_json(run / "config.json")[1].get("data_dir") or "")
     found = []
-    for _, row in table[table["split"] == "val"].iterrows():
+    for _, row in rows.iterrows():
         for candidate in (row.get("wav_path", ""), str(Path(data_dir) / row.get("key", "")) if data_dir else ""):
             if candidate and Path(candidate).is_file():
                 found.append(candidate)

@@ -40,9 +40,9 @@ def generation_config(cfg: Config, generation: int, out_dir: Path) -> Config:
 
 def generation_row(run_dir: Path, generation: int, teachers) -> dict:
     """One row of the table: the generation, its teachers and its scores at its best epoch."""
-    import json
+    from birdnet_tf.runs import read_state
 
-    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
+    state = read_state(run_dir / "state.json")
     row = {"generation": generation, "run": str(run_dir), "teachers": ";".join(Path(t).name for t in teachers),
            "best_epoch": state.get("best_epoch"), "train_minutes": round(float(state.get("elapsed_s", 0)) / 60, 2)}
     history = run_dir / "history.csv"

@@ -263,11 +263,10 @@ def load_targets(source: PathLike, split: str = "val") -> Targets:
     """
     p = Path(source)
     if (p / "split.csv").is_file():
-        table = pd.read_csv(p / "split.csv", dtype=str, keep_default_na=False)
+        from birdnet_tf.runs import read_split
+
         what = p / "split.csv"
-        missing = [c for c in ("key", "split", "primary_label") if c not in table.columns]
-        if missing:
-            raise BirdnetError(f"{what}: lacks columns {', '.join(missing)}")
+        table = read_split(what, split)  # the run's one split.csv reader: its columns and split checked
         audio = table["wav_path"].tolist() if "wav_path" in table.columns else [""] * len(table)
         durations = pd.to_numeric(table.get("duration_s", pd.Series([np.nan] * len(table))), errors="coerce")
     elif p.is_dir():
