@@ -162,7 +162,8 @@ def load_keras_model(path) -> keras.Model:
     """Loads a ``.keras`` model saved by birdnet-tf (registers the custom layers first)."""
     from pathlib import Path
 
-    import birdnet_tf.frontend  # noqa: F401 - registers the frontend layers
+    import birdnet_tf.frontend.layers  # noqa: F401 - registers the frontend layers
+    import birdnet_tf.frontend.magnitudes  # noqa: F401 - and its magnitude layers (PCEN, MagnitudeScaling)
     import birdnet_tf.models.layers  # noqa: F401 - registers the head layers
     import birdnet_tf.data.image_augment  # noqa: F401 - registers the baseline's augmentation layer
     import birdnet_tf.data.spec_augment  # noqa: F401 - registers the OFAI spectrogram augmentation layer
