@@ -45,6 +45,15 @@ def test_layer_check_sees_an_upward_import(tmp_path):
     assert imported_parts(bad) == {"cli", "models"}
 
 
+def test_no_module_imports_the_frontend_package_for_its_side_effects():
+    """``import birdnet_tf.frontend`` registers no Keras layer (its names load on first use):
+    a module that needs the layers registered calls ``birdnet_tf.frontend.register_layers()``."""
+    bare = [str(path.relative_to(PACKAGE)) for path in sorted(PACKAGE.rglob("*.py"))
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Import) and any(a.name == "birdnet_tf.frontend" for a in node.names)]
+    assert not bare, f"use birdnet_tf.frontend.register_layers() instead of a bare import in {bare}"
+
+
 def test_chunk_jobs_import_without_tensorflow():
     """extract's parent process stays free of TensorFlow and Keras, so its workers can be forked."""
     code = ("import sys\n"
