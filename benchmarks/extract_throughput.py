@@ -6,14 +6,14 @@ spectrogram (128 × 256, n_fft 1024, power 1, dB relative to the chunk's peak, f
 -80 dB, 0..1) → the baseline's signal/noise score → PNG for the kept chunks and
 about 10 % of the rejected ones.
 
-* birdnet-tf: ``birdnet_tf.data.spectrograms.extract(workers=1)`` on a dataset of
+* birdnet-tf: ``birdnet_tf.data.extract.extract(workers=1)`` on a dataset of
   those recordings (soundfile + soxr decoding, TF-ops spectrograms in batches of
   64 chunks, the NumPy + OpenCV score, atomic ``cv2.imwrite``, per-file index
   rows). TensorFlow uses its default thread pools (both cores) unless
   ``--tf-threads`` is given.
 * librosa: ``librosa.load(sr=44100)``, then per chunk
   ``librosa.feature.melspectrogram`` + ``librosa.amplitude_to_db``, the same NumPy
-  score (:func:`~birdnet_tf.data.spectrograms.signal_noise_score`) and
+  score (:func:`~birdnet_tf.frontend.signal_noise.signal_noise_score`) and
   ``cv2.imwrite`` - the straightforward way the 2018 baseline did it.
 
 Imports, TF tracing and librosa's first-call set-up are warmed up before timing.
@@ -40,7 +40,8 @@ def librosa_extract(paths: list[str], cfg, out_dir: Path) -> tuple[int, int]:
     import librosa
 
     from birdnet_tf.data.audio import _filtered_native_stderr
-    from birdnet_tf.data.spectrograms import signal_noise_score, spec_params
+    from birdnet_tf.frontend.chunks import spec_params
+    from birdnet_tf.frontend.signal_noise import signal_noise_score
 
     p = spec_params(cfg)
     rng = np.random.default_rng(0)
@@ -84,7 +85,8 @@ def main() -> None:
         tf.config.threading.set_inter_op_parallelism_threads(args.tf_threads)
 
     from birdnet_tf.config import ChunkConfig
-    from birdnet_tf.data import spectrograms as S
+    from birdnet_tf.data.extract import extract
+    from birdnet_tf.frontend.chunks import compiled_chunk_spectrogram, spec_params
     from birdnet_tf.data.audio import audio_duration_s
 
     cfg = ChunkConfig()
@@ -108,7 +110,7 @@ def main() -> None:
         quiet = lambda msg: None  # noqa: E731
 
         # ---- warm-up: imports, the tf.function trace, librosa's lazy set-up
-        S._compiled(cfg)(np.zeros((2, S.spec_params(cfg).chunk_samples), np.float32))
+        compiled_chunk_spectrogram(cfg)(np.zeros((2, spec_params(cfg).chunk_samples), np.float32))
         librosa_extract(paths[:1], cfg, tmp / "warm-librosa")
 
         # ---- birdnet-tf extract, one process
@@ -117,7 +119,7 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t = time.perf_counter()
-            r = S.extract(data, tmp / "ours", cfg, workers=1, progress=False, log=quiet)
+            r = extract(data, tmp / "ours", cfg, workers=1, progress=False, log=quiet)
             ours_s = time.perf_counter() - t
         if r.failed:
             print(f"birdnet-tf: {len(r.failed)} file(s) failed: {r.failed}")

@@ -62,7 +62,7 @@ def cmd_sort(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from birdnet_tf.data.spectrograms import extract
+    from birdnet_tf.data.extract import extract
 
     cfg = _config(args)
     result = extract(args.source, args.out, cfg.chunks, workers=args.workers, progress=not args.no_progress,

@@ -53,7 +53,8 @@ def test_trains_on_png_chunks_evaluates_exports_and_predicts(extracted, tmp_path
 
     from birdnet_tf.config import read_config_json
     from birdnet_tf.data.audio import load_audio
-    from birdnet_tf.data.spectrograms import chunk_spectrogram, read_chunk_png
+    from birdnet_tf.data.chunk_folder import read_chunk_png
+    from birdnet_tf.frontend.chunks import chunk_spectrogram
     from birdnet_tf.models.build import build_model, load_keras_model
 
     data, chunks = extracted

@@ -201,13 +201,14 @@ def _crash_on_boom(source: str, output: str, sample_rate_hz: int):
 def test_worker_crash_fails_only_the_culprit(tmp_path, monkeypatch):
     import multiprocessing
 
+    from birdnet_tf.data import jobs
     from birdnet_tf.data import prepare as prepare_mod
 
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("needs the fork start method")
     monkeypatch.setattr(prepare_mod, "_convert_one_original", prepare_mod._convert_one, raising=False)
     monkeypatch.setattr(prepare_mod, "_convert_one", _crash_on_boom)
-    monkeypatch.setattr(prepare_mod, "_pool_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(jobs, "pool_context", lambda: multiprocessing.get_context("fork"))
     src = tmp_path / "src"
     src.mkdir()
     names = ["a.wav", "boom.wav", "c.wav", "d.wav", "e.wav"]

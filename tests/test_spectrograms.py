@@ -1,5 +1,6 @@
-"""Tests for birdnet_tf.data.spectrograms: the 2018 baseline's chunks, spectrograms,
-signal/noise rule, PNGs and ``birdnet-tf extract``."""
+"""Tests for the 2018 baseline's chunks, spectrograms (birdnet_tf.frontend.chunks), signal/noise
+rule (birdnet_tf.frontend.signal_noise), PNGs (birdnet_tf.data.chunk_folder) and ``birdnet-tf
+extract`` (birdnet_tf.data.extract)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import pytest
 import soundfile as sf
 
 from birdnet_tf.config import ChunkConfig
-from birdnet_tf.data import spectrograms as S
+from birdnet_tf.data import chunk_folder as F
+from birdnet_tf.data import extract as E
+from birdnet_tf.frontend import chunks as C
+from birdnet_tf.frontend import signal_noise as SN
 from birdnet_tf.errors import BirdnetError, ConfigError
 from conftest import run_cli
 
@@ -60,18 +64,18 @@ def test_chunks() -> dict[str, np.ndarray]:
 def test_chunk_starts_step_min_length_and_padding():
     cfg = ChunkConfig(sample_rate_hz=1000, fmin_hz=0.0, fmax_hz=500.0, width=8, height=4)  # 1 s = 1000 samples
     # step = chunk - overlap = 750 samples; a chunk needs min_chunk_s = 1 s of real samples
-    assert S.chunk_starts(2500, cfg).tolist() == [0, 750, 1500]
-    assert S.chunk_starts(2499, cfg).tolist() == [0, 750]
-    assert S.chunk_starts(1000, cfg).tolist() == [0]
-    assert S.chunk_starts(999, cfg).size == 0
-    assert S.chunk_starts(3000, dataclasses.replace(cfg, overlap_s=0.0)).tolist() == [0, 1000, 2000]
+    assert C.chunk_starts(2500, cfg).tolist() == [0, 750, 1500]
+    assert C.chunk_starts(2499, cfg).tolist() == [0, 750]
+    assert C.chunk_starts(1000, cfg).tolist() == [0]
+    assert C.chunk_starts(999, cfg).size == 0
+    assert C.chunk_starts(3000, dataclasses.replace(cfg, overlap_s=0.0)).tolist() == [0, 1000, 2000]
     short_ok = dataclasses.replace(cfg, min_chunk_s=0.25)
-    assert S.chunk_starts(1800, short_ok).tolist() == [0, 750, 1500]  # the last has 300 samples >= 250
-    assert S.chunk_starts(1740, short_ok).tolist() == [0, 750]  # 240 samples left: dropped
-    assert S.chunk_starts(200, short_ok).size == 0
+    assert C.chunk_starts(1800, short_ok).tolist() == [0, 750, 1500]  # the last has 300 samples >= 250
+    assert C.chunk_starts(1740, short_ok).tolist() == [0, 750]  # 240 samples left: dropped
+    assert C.chunk_starts(200, short_ok).size == 0
 
     x = np.arange(1, 1801, dtype=np.float32)
-    starts, chunks = S.cut_chunks(x, short_ok)
+    starts, chunks = C.cut_chunks(x, short_ok)
     assert chunks.shape == (3, 1000) and chunks.dtype == np.float32
     np.testing.assert_array_equal(chunks[1], x[750:1750])
     np.testing.assert_array_equal(chunks[2, :300], x[1500:])
@@ -84,7 +88,7 @@ def test_chunk_starts_step_min_length_and_padding():
 ])
 def test_bad_chunk_settings_are_named(setting, value, word):
     with pytest.raises(ConfigError, match=word):
-        S.check_chunk_config(dataclasses.replace(CFG, **{setting: value}))
+        C.check_chunk_config(dataclasses.replace(CFG, **{setting: value}))
 
 
 # ------------------------------------------------------------------ spectrograms
@@ -94,21 +98,21 @@ def test_mel_filterbank_is_librosas_default():
     import librosa
 
     ref = librosa.filters.mel(sr=SR, n_fft=1024, n_mels=128, fmin=500.0, fmax=15000.0)
-    fb = S.mel_filterbank(CFG)
+    fb = C.mel_filterbank(CFG)
     assert fb.shape == (513, 128)
     np.testing.assert_allclose(fb, ref.T, rtol=1e-5, atol=1e-8)
-    assert S.spec_params(CFG).n_fft == 1024 and S.spec_params(CFG).hop_length == 172
+    assert C.spec_params(CFG).n_fft == 1024 and C.spec_params(CFG).hop_length == 172
 
 
 @pytest.mark.parametrize("kind, preemphasis", [("mel", 0.0), ("mel", 0.95), ("linear", 0.0)])
 def test_tf_spectrogram_matches_librosa_reference(kind, preemphasis, test_chunks):
     cfg = ChunkConfig(spectrogram=kind, preemphasis=preemphasis)
     batch = np.stack(list(test_chunks.values()))
-    img = S.chunk_spectrogram(batch, cfg).numpy()
+    img = C.chunk_spectrogram(batch, cfg).numpy()
     assert img.shape == (len(batch), 256, 128) and img.dtype == np.float32
     assert img.min() >= 0.0 and img.max() <= 1.0
     for name, chunk, ours in zip(test_chunks, batch, img):
-        ref = S.reference_chunk_spectrogram(chunk, cfg)
+        ref = C.reference_chunk_spectrogram(chunk, cfg)
         assert np.abs(ours - ref).max() <= LIBROSA_TOL, name
     assert not img[0].any()  # digital silence: all zeros
     assert img[1:].max(axis=(1, 2)).tolist() == [1.0, 1.0, 1.0]  # each chunk's peak is 1
@@ -117,17 +121,17 @@ def test_tf_spectrogram_matches_librosa_reference(kind, preemphasis, test_chunks
 @pytest.mark.parametrize("kind", ["mel", "linear"])
 def test_orientation_a_5khz_tone_peaks_in_its_band(kind):
     cfg = ChunkConfig(spectrogram=kind)
-    img = S.chunk_spectrogram(tone(5000.0)[None], cfg).numpy()[0]
+    img = C.chunk_spectrogram(tone(5000.0)[None], cfg).numpy()[0]
     band = int(img[32:224].mean(axis=0).argmax())  # axis 1 = frequency, lowest first
-    fb = S.mel_filterbank(cfg) if kind == "mel" else S.linear_filterbank(cfg)
+    fb = C.mel_filterbank(cfg) if kind == "mel" else C.linear_filterbank(cfg)
     hz = np.linspace(0, SR / 2, fb.shape[0])
     centre = float((fb[:, band] * hz).sum() / fb[:, band].sum())
     assert abs(centre - 5000.0) < 120.0, centre
     # a 10-kHz tone sits in a higher band
-    band10 = int(S.chunk_spectrogram(tone(10000.0)[None], cfg).numpy()[0].mean(axis=0).argmax())
+    band10 = int(C.chunk_spectrogram(tone(10000.0)[None], cfg).numpy()[0].mean(axis=0).argmax())
     assert band10 > band + 10
     # the PNG shows it as a conventional image: low frequencies at the bottom
-    pixels = S._to_pixels(img)
+    pixels = F.to_pixels(img)
     assert pixels.shape == (128, 256)
     assert int(pixels.mean(axis=1).argmax()) == 127 - band
 
@@ -142,7 +146,7 @@ def test_chunk_spectrogram_layer_and_savedmodel(tmp_path, test_chunks):
     inp = keras.Input(shape=(SR,))
     model = keras.Model(inp, ChunkSpectrogram(cfg, name="chunk_spec")(inp))
     batch = np.stack(list(test_chunks.values()))
-    expected = S.chunk_spectrogram(batch, cfg).numpy()
+    expected = C.chunk_spectrogram(batch, cfg).numpy()
     np.testing.assert_allclose(model.predict(batch, verbose=0), expected, atol=1e-6)
 
     model.save(tmp_path / "m.keras")
@@ -160,9 +164,9 @@ def test_chunk_spectrogram_layer_and_savedmodel(tmp_path, test_chunks):
 
 
 def test_signal_noise_scores_order_and_both_implementations_equal(test_chunks):
-    images = S.chunk_spectrogram(np.stack(list(test_chunks.values())), CFG).numpy()
-    ours = np.array([S.signal_noise_score(img) for img in images], np.float32)
-    tf_scores = S.signal_noise_score_tf(images).numpy()
+    images = C.chunk_spectrogram(np.stack(list(test_chunks.values())), CFG).numpy()
+    ours = np.array([SN.signal_noise_score(img) for img in images], np.float32)
+    tf_scores = SN.signal_noise_score_tf(images).numpy()
     np.testing.assert_array_equal(ours, tf_scores)  # same float32 operations: exactly equal
     silence, noise, tone_, chirp = ours
     assert silence == 0.0
@@ -187,8 +191,8 @@ def _blobs(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
 def test_tf_score_equals_opencv_score_including_borders(width, height):
     rng = np.random.default_rng(width)
     images = np.stack([_blobs(rng, width, height) for _ in range(24)])
-    ours = np.array([S.signal_noise_score(img) for img in images], np.float32)
-    np.testing.assert_array_equal(S.signal_noise_score_tf(images).numpy(), ours)
+    ours = np.array([SN.signal_noise_score(img) for img in images], np.float32)
+    np.testing.assert_array_equal(SN.signal_noise_score_tf(images).numpy(), ours)
     assert len(set(ours.tolist())) >= 5 and ours.max() > 0.1  # the images really differ
 
 
@@ -199,13 +203,13 @@ def test_score_rule_on_hand_made_images():
     #                      and the closing does not bring the corners back: a plus of 5 cells
     img[9, 8] = 0.9  # a lone cell: removed by the blur
     img[7, 0:2] = 0.9  # a 2-cell line at the border: at most 4 votes, removed
-    for score in (S.signal_noise_score(img), S.signal_noise_score_tf(img[None]).numpy()[0]):
+    for score in (SN.signal_noise_score(img), SN.signal_noise_score_tf(img[None]).numpy()[0]):
         assert score == np.float32(5 / 120)
     corner = np.full((12, 10), 0.2, np.float32)
     corner[0:2, 0:2] = 0.9  # a 2x2 block in a corner: with the edge replicated, the corner cell gets 9 votes
     #                         and its two neighbours 6, the inner cell 4: an L of 3 cells, kept by the closing
     #                         (a zero border would leave nothing)
-    for score in (S.signal_noise_score(corner), S.signal_noise_score_tf(corner[None]).numpy()[0]):
+    for score in (SN.signal_noise_score(corner), SN.signal_noise_score_tf(corner[None]).numpy()[0]):
         assert score == np.float32(3 / 120)
 
 
@@ -215,19 +219,19 @@ def test_score_rule_on_hand_made_images():
 def test_png_round_trip(tmp_path, test_chunks):
     import tensorflow as tf
 
-    img = S.chunk_spectrogram(test_chunks["chirps"][None], CFG).numpy()[0]
-    path = S.write_chunk_png(tmp_path / "a" / "x.png", img)
+    img = C.chunk_spectrogram(test_chunks["chirps"][None], CFG).numpy()[0]
+    path = F.write_chunk_png(tmp_path / "a" / "x.png", img)
     pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert pixels.shape == (128, 256) and pixels.dtype == np.uint8  # height rows x width columns
-    back = S.read_chunk_png(path)
+    back = F.read_chunk_png(path)
     assert back.shape == (256, 128) and back.dtype == np.float32
     assert np.abs(back - img).max() <= 0.5 / 255 + 1e-6  # quantisation only
-    np.testing.assert_array_equal(S.decode_chunk_png(tf.constant(str(path))).numpy(), back)
-    ds = tf.data.Dataset.from_tensor_slices([str(path)]).map(S.decode_chunk_png)
+    np.testing.assert_array_equal(F.decode_chunk_png(tf.constant(str(path))).numpy(), back)
+    ds = tf.data.Dataset.from_tensor_slices([str(path)]).map(F.decode_chunk_png)
     np.testing.assert_array_equal(next(iter(ds)).numpy(), back)
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.png"]  # no temporary left
     with pytest.raises(BirdnetError, match="not a readable PNG"):
-        S.read_chunk_png(tmp_path / "missing.png")
+        F.read_chunk_png(tmp_path / "missing.png")
 
 
 # ------------------------------------------------------------------ extract
@@ -257,10 +261,10 @@ def chunk_dataset(tmp_path) -> Path:
     return root
 
 
-def _extract(*args, **kwargs) -> S.ExtractResult:
+def _extract(*args, **kwargs) -> E.ExtractResult:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = S.extract(*args, **kwargs)
+        result = E.extract(*args, **kwargs)
     result.warnings = [str(w.message) for w in caught]  # type: ignore[attr-defined]
     return result
 
@@ -279,7 +283,7 @@ def test_extract_writes_chunks_index_noise_and_resumes(chunk_dataset, tmp_path):
     assert "1 failed" in logged[-1] and "audio/broken.wav" in logged[-1]
 
     index = pd.read_csv(out / "chunks.csv", dtype={"secondary_labels": str}, keep_default_na=False)
-    assert tuple(index.columns) == S.INDEX_COLUMNS
+    assert tuple(index.columns) == F.INDEX_COLUMNS
     assert len(index) == r.kept + r.noise_saved
     signal, noise = index[index["kind"] == "signal"], index[index["kind"] == "noise"]
     # chirps are signal, the stationary noise recording is rejected
@@ -301,14 +305,14 @@ def test_extract_writes_chunks_index_noise_and_resumes(chunk_dataset, tmp_path):
             assert rel.parts[:2] == (row.split, row.label.replace("/", "_")), row.png
         else:
             assert rel.parts[0] == "noise"
-        img = S.read_chunk_png(out / rel)
+        img = F.read_chunk_png(out / rel)
         assert img.shape == (256, 128)
     assert (out / "train" / "Setophaga adelaidae").is_dir()
     assert (out / "val" / "Vireo_latimeri").is_dir()
     # the PNG path and the TF-ops path agree within quantisation
     audio, _ = sf.read(chunk_dataset / "audio" / "bird1.wav", dtype="float32")
-    direct = S.chunk_spectrogram(audio[33075:33075 + SR][None], cfg).numpy()[0]
-    png = S.read_chunk_png(out / bird1["png"].iloc[1])
+    direct = C.chunk_spectrogram(audio[33075:33075 + SR][None], cfg).numpy()[0]
+    png = F.read_chunk_png(out / bird1["png"].iloc[1])
     assert np.abs(png - direct).max() <= 0.5 / 255 + 1e-6
 
     report = json.loads((out / "extract_report.json").read_text())
@@ -332,9 +336,9 @@ def test_extract_writes_chunks_index_noise_and_resumes(chunk_dataset, tmp_path):
 
     # other settings are refused, naming the difference; s2n_interval does not matter
     with pytest.raises(BirdnetError, match=r"chunks\.overlap_s = 0\.25 there, 0\.5 now"):
-        S.extract(chunk_dataset, out, ChunkConfig(noise_fraction=1.0, overlap_s=0.5), workers=1, progress=False)
+        E.extract(chunk_dataset, out, ChunkConfig(noise_fraction=1.0, overlap_s=0.5), workers=1, progress=False)
     with pytest.raises(BirdnetError, match=r"seed = 0 there, 3 now"):
-        S.extract(chunk_dataset, out, cfg, workers=1, progress=False, seed=3)
+        E.extract(chunk_dataset, out, cfg, workers=1, progress=False, seed=3)
     _extract(chunk_dataset, out, ChunkConfig(noise_fraction=1.0, s2n_interval=(10.0, 100.0)), workers=1,
              progress=False, log=lambda m: None)
 

@@ -369,7 +369,8 @@ def signal_filter(cfg: Config):
     """Predicate for ``Dataset.filter``: keeps excerpts whose 2018-baseline signal/noise score
     (of their chunk spectrogram at ``cfg.chunks`` settings) is at least ``data.min_signal_score``,
     so on-the-fly training drops noise-only excerpts without the offline extract step."""
-    from birdnet_tf.data.spectrograms import chunk_spectrogram, signal_noise_score_tf
+    from birdnet_tf.frontend.chunks import chunk_spectrogram
+    from birdnet_tf.frontend.signal_noise import signal_noise_score_tf
 
     if cfg.audio.sample_rate_hz != cfg.chunks.sample_rate_hz:
         from birdnet_tf.errors import ConfigError
@@ -455,7 +456,7 @@ def is_chunk_folder(path) -> bool:
     """True when ``path`` looks like a ``birdnet-tf extract`` output (``chunks.csv`` or ``extract_config.json``)."""
     from pathlib import Path
 
-    from birdnet_tf.data.spectrograms import CONFIG_NAME, INDEX_NAME
+    from birdnet_tf.data.chunk_folder import CONFIG_NAME, INDEX_NAME
 
     p = Path(path)
     return (p / INDEX_NAME).is_file() or (p / CONFIG_NAME).is_file()
@@ -488,14 +489,14 @@ def read_chunk_index(chunks_dir, cfg: Config):
     import pandas as pd
 
     from birdnet_tf.data.catalog import parse_secondary_labels
-    from birdnet_tf.data.spectrograms import (
-        _NOT_EXTRACTION_FIELDS,
+    from birdnet_tf.data.chunk_folder import (
         CONFIG_NAME,
         INDEX_COLUMNS,
         INDEX_NAME,
-        _chunk_config,
-        _score_x1e4,
+        NOT_EXTRACTION_FIELDS,
+        score_x1e4,
     )
+    from birdnet_tf.frontend.chunks import chunk_config
     from birdnet_tf.errors import BirdnetError, ConfigError
 
     folder = Path(chunks_dir)
@@ -512,12 +513,12 @@ def read_chunk_index(chunks_dir, cfg: Config):
                            "make it with birdnet-tf extract")
     try:
         saved = json.loads(config_path.read_text(encoding="utf-8"))
-        theirs = dataclasses.asdict(_chunk_config(saved["chunks"]))
+        theirs = dataclasses.asdict(chunk_config(saved["chunks"]))
     except (OSError, ValueError, KeyError, TypeError, BirdnetError) as e:
         raise BirdnetError(f"{config_path}: unreadable extract config ({' '.join(str(e).split())})") from None
     mine = dataclasses.asdict(cfg.chunks)
     diffs = [f"chunks.{k} = {theirs[k]!r} there, {mine[k]!r} in the recipe" for k in mine
-             if k not in _NOT_EXTRACTION_FIELDS and json.dumps(theirs.get(k)) != json.dumps(mine[k])]
+             if k not in NOT_EXTRACTION_FIELDS and json.dumps(theirs.get(k)) != json.dumps(mine[k])]
     if diffs:
         raise ConfigError(f"{folder}: was extracted with other chunks settings than this recipe's "
                           f"({'; '.join(diffs)}); pass the extract's settings (--set chunks.NAME=VALUE) "
@@ -536,7 +537,7 @@ def read_chunk_index(chunks_dir, cfg: Config):
     except (ValueError, TypeError):
         raise BirdnetError(f"{index_path}: has non-numeric score or start_s values") from None
     cells = cfg.chunks.width * cfg.chunks.height
-    s2n = np.array([_score_x1e4(s, cells) for s in scores], np.int64)
+    s2n = np.array([score_x1e4(s, cells) for s in scores], np.int64)
     lo, hi = cfg.chunks.s2n_interval
     out = pd.DataFrame({
         "png": [str(folder / p) for p in table["png"]],
@@ -604,7 +605,7 @@ def select_chunks(index, keys, max_per_file: int | None = None):
 
 
 def _decode_chunk(cfg: Config):
-    from birdnet_tf.data.spectrograms import decode_chunk_png
+    from birdnet_tf.data.chunk_folder import decode_chunk_png
 
     shape = (cfg.chunks.width, cfg.chunks.height)
     return lambda path: tf.ensure_shape(decode_chunk_png(path), shape)
@@ -615,7 +616,7 @@ def chunk_training_dataset(png_paths: list[str], targets: np.ndarray, cfg: Confi
     """Batches of ``(images (B, chunks.width, chunks.height), targets (B, classes))`` from chunk PNGs.
 
     One pass = one epoch: every chunk once, in a new random order each pass (``training``);
-    the images are decoded with :func:`~birdnet_tf.data.spectrograms.decode_chunk_png` (0..1,
+    the images are decoded with :func:`~birdnet_tf.data.chunk_folder.decode_chunk_png` (0..1,
     multiples of 1/255). Image augmentation happens inside the model (``ImageAugment``).
     """
     decode = _decode_chunk(cfg)

@@ -4,7 +4,8 @@ Every source file (any format :func:`~birdnet_tf.data.audio.load_audio` reads)
 is decoded, down-mixed, resampled to one rate and written as
 ``out_dir/<key with suffix .wav>``. The job is parallel, resumable (valid
 outputs from an earlier run are kept) and never stops on a bad file: failures
-are recorded with their reason and reported at the end.
+are recorded with their reason and reported at the end (the runner
+:func:`~birdnet_tf.data.jobs.run_jobs`, shared with ``extract``).
 
 Files written in ``out_dir`` besides the WAVs:
 
@@ -15,24 +16,20 @@ Files written in ``out_dir`` besides the WAVs:
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import json
-import multiprocessing
 import os
-import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from birdnet_tf.data.audio import iter_audio, read_wav_header
+from birdnet_tf.data.jobs import check_workers, failure_reason, one_line, run_jobs
 from birdnet_tf.fileio import atomic_path, entry_problem, remove_stale_parts, write_json_atomic
 from birdnet_tf.errors import BirdnetError
 
@@ -114,18 +111,12 @@ def output_path_for(out_dir: str | os.PathLike, key: str) -> Path:
 # --------------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+class _File(NamedTuple):
+    """One file of a prepare job."""
 
-
-def failure_reason(e: BaseException, path) -> str:
-    """One line saying why a file of a long job failed (a worker's catch-all; the path is said elsewhere)."""
-    if isinstance(e, BirdnetError):
-        msg, prefix = _one_line(str(e)), f"{path}: "
-        return msg[len(prefix):] if msg.startswith(prefix) else msg
-    if isinstance(e, MemoryError):
-        return "out of memory"
-    return _one_line(f"{type(e).__name__}: {e}")
+    key: str
+    path: Path
+    output: Path
 
 
 def _convert_one(source: str, output: str, sample_rate_hz: int) -> tuple[float | None, str | None, list[str]]:
@@ -152,7 +143,7 @@ def _convert_one(source: str, output: str, sample_rate_hz: int) -> tuple[float |
                                 "run prepare again once it is complete")
         except Exception as e:  # noqa: BLE001 - one file must never stop the job
             result = (None, failure_reason(e, source))
-    return result[0], result[1], [_one_line(str(w.message)) for w in caught]
+    return result[0], result[1], [one_line(w.message) for w in caught]
 
 
 def stream_wav16(blocks: Callable[[], Iterable[np.ndarray]], path: Path, sample_rate_hz: int) -> int:
@@ -242,7 +233,7 @@ def _check_marker(out_dir: Path, sample_rate_hz: int, source: str | None = None)
         rate = int(data["sample_rate_hz"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BirdnetError(
-            f"{marker}: unreadable prepare marker ({_one_line(str(e))}); "
+            f"{marker}: unreadable prepare marker ({one_line(e)}); "
             "delete it or choose another output folder"
         ) from None
     if rate != sample_rate_hz:
@@ -275,14 +266,14 @@ def _check_key(key: object) -> str:
     return key
 
 
-def _plan(files: Iterable[tuple[str, str | os.PathLike]], out_dir: Path) -> list[tuple[str, Path, Path]]:
+def _plan(files: Iterable[tuple[str, str | os.PathLike]], out_dir: Path) -> list[_File]:
     """Validates ``files`` and pairs each with its output path.
 
     Raises:
         BirdnetError: A key is invalid or repeated, two keys map to the same
             output, or an output would overwrite or sit next to a source.
     """
-    plan: list[tuple[str, Path, Path]] = []
+    plan: list[_File] = []
     by_output: dict[Path, str] = {}
     keys: set[str] = set()
     source_dirs: dict[Path, Path] = {}
@@ -311,7 +302,7 @@ def _plan(files: Iterable[tuple[str, str | os.PathLike]], out_dir: Path) -> list
                 f"prepare: output {out} would overwrite its source {src}; choose another output folder"
             )
         source_dirs.setdefault(src_r.parent, src)
-        plan.append((key, src, out))
+        plan.append(_File(key, src, out))
     for src_dir, src in source_dirs.items():
         if out_resolved == src_dir or out_resolved.is_relative_to(src_dir):
             raise BirdnetError(
@@ -326,31 +317,6 @@ def _plan(files: Iterable[tuple[str, str | os.PathLike]], out_dir: Path) -> list
                 "outside the dataset's audio folders"
             )
     return plan
-
-
-def _exit_with_parent() -> None:
-    """Worker initializer: the worker exits when the process that started it is gone
-    (``kill -9`` of prepare), instead of waiting for ever on its pipe."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """``fork`` where it is safe and cheap (Linux, no extra threads, no TensorFlow), else ``spawn``."""
-    if (
-        sys.platform.startswith("linux")
-        and threading.active_count() == 1
-        and "tensorflow" not in sys.modules
-    ):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
 
 
 # --------------------------------------------------------------------------
@@ -385,7 +351,8 @@ def prepare(
             Workers are forked on Linux when this process runs no other
             threads and has not imported TensorFlow, otherwise spawned (a
             script that calls this with spawned workers needs the usual
-            ``if __name__ == "__main__":`` guard).
+            ``if __name__ == "__main__":`` guard; see
+            :func:`~birdnet_tf.data.jobs.pool_context`).
         progress: Show a tqdm progress bar (only on a terminal).
         source: What the files come from (a dataset folder), recorded in the marker; a
             folder prepared from another source is refused.
@@ -403,9 +370,7 @@ def prepare(
     if isinstance(sample_rate_hz, bool) or int(sample_rate_hz) != sample_rate_hz or sample_rate_hz <= 0:
         raise ValueError(f"sample_rate_hz must be a positive integer, got {sample_rate_hz!r}")
     sample_rate_hz = int(sample_rate_hz)
-    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
-        raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    workers = int(workers)
+    workers = check_workers(workers)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BirdnetError(f"{out_dir}: output folder exists but is not a folder")
@@ -420,102 +385,34 @@ def prepare(
     remove_stale_parts(*{out.parent for _, _, out in plan})  # WAVs of a killed run
 
     result = PrepareResult(out_dir=out_dir, sample_rate_hz=sample_rate_hz)
-    todo: list[tuple[str, Path, Path]] = []
-    for key, src, out in plan:
-        duration = _valid_output(out, sample_rate_hz)
-        if duration is not None and not _newer_than(src, out):  # a source changed since is prepared again
-            result.done[key] = (out, duration)
-            result.skipped += 1
-        else:
-            todo.append((key, src, out))
 
-    # Chosen once, before tqdm may start its monitor thread; retries reuse it.
-    ctx = _pool_context() if workers > 1 and len(todo) > 1 else None
-    bar = tqdm(
-        total=len(plan),
-        initial=result.skipped,
-        desc="prepare",
-        unit="file",
-        leave=True,
-        disable=None if progress else True,
-    )
+    def done_before(item: _File) -> float | None:
+        duration = _valid_output(item.output, sample_rate_hz)
+        # a source changed since it was prepared is prepared again
+        return None if duration is None or _newer_than(item.path, item.output) else duration
 
-    def record(key: str, src: Path, out: Path, outcome: tuple[float | None, str | None, list[str]]) -> None:
-        duration, error, texts = outcome
-        for text in texts:
-            warnings.warn(text, stacklevel=3)
-        if error is None:
-            result.done[key] = (out, float(duration))
+    def on_done(item: _File, duration: float, fresh: bool) -> None:
+        result.done[item.key] = (item.output, float(duration))
+        if fresh:
             result.converted += 1
         else:
-            result.failed.append((key, str(src), error))
-            warnings.warn(f"prepare: {key} ({src}) failed: {error}", stacklevel=3)
-        bar.update(1)
+            result.skipped += 1
+
+    def on_failed(item: _File, reason: str) -> None:
+        result.failed.append((item.key, str(item.path), reason))
 
     try:
-        if workers == 1 or len(todo) <= 1:
-            for key, src, out in todo:
-                record(key, src, out, _convert_one(str(src), str(out), sample_rate_hz))
-        else:
-            # A worker that dies (decoder crash, out of memory) breaks the whole
-            # pool and every unfinished file with it. Re-run those in a fresh
-            # pool; when a pool dies before finishing anything, the culprit is
-            # among the first files handed out, so try the first one alone.
-            remaining = todo
-            while remaining:
-                crashed = _run_pool(remaining, sample_rate_hz, min(workers, len(remaining)), record, ctx)
-                if crashed and len(crashed) == len(remaining):
-                    head, crashed = crashed[0], crashed[1:]
-                    if _run_pool([head], sample_rate_hz, 1, record, ctx):
-                        record(
-                            *head,
-                            (None, "the worker process died while decoding (decoder crash or out of memory)", []),
-                        )
-                remaining = crashed
+        run_jobs(plan, _convert_one, lambda item: (str(item.path), str(item.output), sample_rate_hz),
+                 name="prepare", workers=workers, on_done=on_done, on_failed=on_failed, done_before=done_before,
+                 progress=progress,
+                 crash_reason="the worker process died while decoding (decoder crash or out of memory)")
     finally:
-        bar.close()
         result.failed.sort()
         result.done = dict(sorted(result.done.items()))
         result.elapsed_s = time.monotonic() - t0
         with contextlib.suppress(OSError):
             _write_report(result, n_files=len(plan))
     return result
-
-
-def _run_pool(
-    todo: list[tuple[str, Path, Path]],
-    sample_rate_hz: int,
-    workers: int,
-    record: Callable[[str, Path, Path, tuple[float | None, str | None, list[str]]], None],
-    ctx: multiprocessing.context.BaseContext,
-) -> list[tuple[str, Path, Path]]:
-    """Converts ``todo`` in a process pool.
-
-    Returns:
-        The items lost to a broken pool (a worker died), in ``todo`` order.
-    """
-    crashed: list[int] = []
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent) as pool:
-        futures = {
-            pool.submit(_convert_one, str(item[1]), str(item[2]), sample_rate_hz): i
-            for i, item in enumerate(todo)
-        }
-        try:
-            for fut in cf.as_completed(futures):
-                index = futures[fut]
-                item = todo[index]
-                try:
-                    outcome = fut.result()
-                except BrokenProcessPool:
-                    crashed.append(index)
-                    continue
-                except Exception as e:  # noqa: BLE001 - e.g. a result that failed to pickle
-                    outcome = (None, _one_line(f"{type(e).__name__}: {e}"), [])
-                record(*item, outcome)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    return [todo[i] for i in sorted(crashed)]
 
 
 def _write_report(result: PrepareResult, n_files: int) -> None:

@@ -27,12 +27,14 @@ def custom_objects() -> dict[str, type]:
     """Imports (and so registers) every custom class; returns them by registered name."""
     import birdnet_tf.data.image_augment  # noqa: F401 - the baseline's augmentation layer
     import birdnet_tf.data.spec_augment  # noqa: F401 - the OFAI spectrogram augmentation layer
-    import birdnet_tf.frontend  # noqa: F401 - the frontend layers
     import birdnet_tf.models.frontend_lr  # noqa: F401 - the frontend-learning-rate optimizers
     import birdnet_tf.models.layers  # noqa: F401 - the head layers
     import birdnet_tf.models.losses  # noqa: F401 - the ce_bgtopk loss
     import birdnet_tf.models.metadata  # noqa: F401 - the metadata network's noise layer
     import birdnet_tf.models.schedules  # noqa: F401 - the learning-rate schedules
+    from birdnet_tf.frontend import register_layers
+
+    register_layers()  # the frontend layers (the package loads its names lazily)
 
     return {name: obj for name, obj in keras.saving.get_custom_objects().items() if name.startswith("birdnet_tf>")}
 

@@ -22,7 +22,8 @@ def set_noise_bank(model, wav_paths: list[str], cfg: Config, log=print, max_chun
     if "noise_chunk" not in layer.names:
         return 0
     from birdnet_tf.data.audio import load_audio
-    from birdnet_tf.data.spectrograms import chunk_spectrogram, cut_chunks, signal_noise_score_tf
+    from birdnet_tf.frontend.chunks import chunk_spectrogram, cut_chunks
+    from birdnet_tf.frontend.signal_noise import signal_noise_score_tf
 
     bank: list[np.ndarray] = []
     for path in np.random.default_rng(cfg.data.seed).permutation(wav_paths):
@@ -46,7 +47,7 @@ def set_chunk_noise_bank(model, png_paths: list[str], cfg: Config, log=print, ma
     """Gives the ``noise_chunk`` augmentation of an image model its bank: up to ``max_chunks`` noise PNGs.
 
     The PNGs (extract's ``noise/`` chunks, a seeded sample) are read with
-    :func:`~birdnet_tf.data.spectrograms.read_chunk_png`; unreadable ones are skipped with a
+    :func:`~birdnet_tf.data.chunk_folder.read_chunk_png`; unreadable ones are skipped with a
     warning. Returns how many were set (0 when the model has no such augmentation).
     """
     if "image_augment" not in {layer.name for layer in model.layers}:
@@ -54,7 +55,7 @@ def set_chunk_noise_bank(model, png_paths: list[str], cfg: Config, log=print, ma
     layer = model.get_layer("image_augment")
     if "noise_chunk" not in layer.names:
         return 0
-    from birdnet_tf.data.spectrograms import read_chunk_png
+    from birdnet_tf.data.chunk_folder import read_chunk_png
 
     bank, bad = [], 0
     shape = (cfg.chunks.width, cfg.chunks.height)
