@@ -73,7 +73,7 @@ def run_path(path: str, export: str, audio: str, run_dir: str | None) -> dict:
             raise SystemExit(err)
         n_windows = len(res["scores"])
     elif path == "sliding":
-        from birdnet_tf.infer.predict import score_recording
+        from birdnet_tf.infer.sliding import score_recording
 
         model(np.zeros((32, window), np.float32))
         load_s = time.perf_counter() - t0

@@ -171,7 +171,8 @@ def test_combined_model_names_and_init_from_audio_run(tmp_path):
 
 
 def test_whole_recording_engine_adds_the_metadata_bias():
-    from birdnet_tf.infer.whole import WholeRecordingModel, missing_metadata, split_model
+    from birdnet_tf.infer.whole import WholeRecordingModel
+    from birdnet_tf.models.surgery import missing_metadata, split_model
     from birdnet_tf.models.build import build_model
     from birdnet_tf.models.metadata import feature_names
 

@@ -36,7 +36,7 @@ def _recording(seconds: float, seed: int = 1) -> np.ndarray:
 
 def _alone(model, x, starts, window, mean=None):
     """Each window through the model on its own; with ``mean``, centred by those statistics instead."""
-    from birdnet_tf.infer.whole import split_model
+    from birdnet_tf.models.surgery import split_model
 
     if mean is None:
         return np.concatenate([model.predict(x[None, s:s + window], verbose=0) for s in starts])
