@@ -152,8 +152,9 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
         logits = tf.cast(body(frames, training=False)[0], tf.float32)  # [steps, classes]
         steps = tf.shape(logits)[0]
         starts = tf.range(0, tf.maximum(n, 1), hop)
+        # birdnet_tf.grid.regular_starts: no last window under MIN_WINDOW_S
         starts = tf.boolean_mask(starts, (starts == 0) | (tf.cast(starts, tf.float32) + MIN_WINDOW_S * sr
-                                                           < tf.cast(n, tf.float32)))  # as birdnet_tf.grid.regular_starts
+                                                           < tf.cast(n, tf.float32)))
         first = tf.clip_by_value(tf.cast(tf.round(tf.cast(starts, tf.float32) / geo.stride_samples), tf.int32),
                                  0, steps - 1)
         idx = first[:, None] + tf.range(per_window)[None, :]

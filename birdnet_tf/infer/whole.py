@@ -467,16 +467,3 @@ class WholeRecordingModel(Scorer):
         if group:
             yield from flush()
         bar.close()
-
-    def score_files(self, sources: list, window_s: float | None = None, hop_s: float | None = None,
-                    file_pooling: str | None = None, group_s: float = 600.0, progress: bool = False,
-                    log=None, metadata: np.ndarray | None = None) -> Iterator[tuple[int, dict | None, str | None]]:
-        """:meth:`score_many` with results as dicts (kept for older callers): ``n_samples``, ``start_s``,
-        ``end_s``, ``scores [windows, classes]`` and ``file_scores [classes]`` = the windows pooled with
-        ``file_pooling`` (default: the config's)."""
-        file_pooling = file_pooling or self.cfg.data.file_pooling
-        for index, ws, error in self.score_many(sources, window_s, hop_s, metadata=metadata, progress=progress,
-                                                log=log, group_s=group_s):
-            yield index, None if ws is None else {
-                "n_samples": ws.n_samples, "start_s": ws.starts, "end_s": ws.ends, "scores": ws.scores,
-                "file_scores": ws.pooled(file_pooling)}, error
