@@ -438,7 +438,7 @@ def audio_windows(inputs: list[str], window_samples: int, sample_rate_hz: int, m
         ``(windows float32 [n, window_samples], files used, skipped (path, reason))``.
     """
     from birdnet_tf.data.audio import load_audio
-    from birdnet_tf.data.pipeline import window_starts
+    from birdnet_tf.grid import window_starts
     from birdnet_tf.errors import AudioDecodeError
     from birdnet_tf.infer.predict import expand_inputs
 
