@@ -65,15 +65,12 @@ def run_path(path: str, export: str, audio: str, run_dir: str | None) -> dict:
         from birdnet_tf.infer.whole import WholeRecordingModel
 
         whole = WholeRecordingModel.from_export(model)
-        next(whole.score_files([np.zeros(10 * sr, np.float32)], window_s=WINDOW_S))  # warm-up: traces the graphs
+        whole.score(np.zeros(10 * sr, np.float32), window_s=WINDOW_S)  # warm-up: traces the graphs
         load_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        _, res, err = next(whole.score_files([audio], window_s=WINDOW_S))
-        if err:
-            raise SystemExit(err)
-        n_windows = len(res["scores"])
+        n_windows = len(whole.score(audio, window_s=WINDOW_S).scores)
     elif path == "sliding":
-        from birdnet_tf.infer.predict import score_recording
+        from birdnet_tf.infer.sliding import score_recording
 
         model(np.zeros((32, window), np.float32))
         load_s = time.perf_counter() - t0

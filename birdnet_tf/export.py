@@ -120,8 +120,9 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
     """
     import tensorflow as tf
 
-    from birdnet_tf.infer.whole import metadata_bias_model, probe_geometry, split_model
-    from birdnet_tf.models.layers import attention_pool, noisy_or_logits
+    from birdnet_tf.grid import MIN_WINDOW_S
+    from birdnet_tf.models.layers import pool_packed
+    from birdnet_tf.models.surgery import metadata_bias_model, probe_geometry, split_model
 
     front, body, facts = split_model(model)
     meta_model = metadata_bias_model(model) if facts.get("metadata") else None
@@ -130,9 +131,6 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
     window, hop = int(round(window_s * sr)), int(round(hop_s * sr))
     per_window = max(1, geo.steps(geo.frames(window)))
     min_len = max(window, geo.field_samples)
-    kind, _, param = facts["pooling"].partition(":")
-    a = float(param) if param else 1.0
-    heads = int(a) if kind == "attention" else 0
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")])
     def front_fn(waveform):
@@ -153,26 +151,14 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
         logits = tf.cast(body(frames, training=False)[0], tf.float32)  # [steps, classes]
         steps = tf.shape(logits)[0]
         starts = tf.range(0, tf.maximum(n, 1), hop)
-        starts = tf.boolean_mask(starts, (starts == 0) | (tf.cast(starts, tf.float32) + 0.1 * sr < tf.cast(n, tf.float32)))
+        # birdnet_tf.grid.regular_starts: no last window under MIN_WINDOW_S
+        starts = tf.boolean_mask(starts, (starts == 0) | (tf.cast(starts, tf.float32) + MIN_WINDOW_S * sr
+                                                           < tf.cast(n, tf.float32)))
         first = tf.clip_by_value(tf.cast(tf.round(tf.cast(starts, tf.float32) / geo.stride_samples), tf.int32),
                                  0, steps - 1)
         idx = first[:, None] + tf.range(per_window)[None, :]
-        valid = idx < steps
-        x = tf.gather(logits, tf.minimum(idx, steps - 1))  # [windows, per_window, classes]
-        valid3 = tf.broadcast_to(valid[:, :, None], tf.shape(x))
-        count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1, keepdims=True)
-        if kind == "max":
-            pooled = tf.reduce_max(tf.where(valid3, x, -1e30), axis=1)
-        elif kind == "mean":
-            pooled = tf.reduce_sum(tf.where(valid3, x, 0.0), axis=1) / count
-        elif kind == "noisy-or":
-            pooled = noisy_or_logits(x, axis=1, mask=valid3)
-        elif kind == "attention":  # x packs [classes logits | heads x classes attention logits] per step
-            c = len(labels)
-            att = tf.reshape(x[:, :, c:], tf.stack([tf.shape(x)[0], tf.shape(x)[1], heads, c]))
-            pooled = attention_pool(x[:, :, :c], att, mask=valid)
-        else:
-            pooled = (tf.reduce_logsumexp(tf.where(valid3, a * x, -1e30), axis=1) - tf.math.log(count)) / a
+        # [windows, per_window, classes (+ attention logits)], steps past the end masked out
+        pooled = pool_packed(tf.gather(logits, tf.minimum(idx, steps - 1)), facts["pooling"], mask=idx < steps)
         if bias is not None:  # the combined model's metadata logits: one bias per class for the recording
             pooled = pooled + bias[None, :]
         scores = tf.nn.softmax(pooled) if facts["activation"] == "softmax" else tf.sigmoid(pooled)

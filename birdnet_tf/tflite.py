@@ -311,6 +311,13 @@ class TFLiteModel:
     def n_classes(self) -> int:
         return len(self.labels)
 
+    def scorer(self, batch_size: int = 32):
+        """This model as a :class:`~birdnet_tf.infer.engine.Scorer` of whole recordings (sliding windows of
+        ``window_samples``; :class:`~birdnet_tf.infer.sliding.SlidingScorer`)."""
+        from birdnet_tf.infer.sliding import SlidingScorer
+
+        return SlidingScorer(self, batch_size)
+
     def _fit(self, waveforms) -> np.ndarray:
         """``[batch, window_samples]`` float32: shorter rows looped, longer ones cut (as predict's windows)."""
         x = np.asarray(waveforms, dtype=np.float32)
@@ -377,11 +384,12 @@ def verify(tflite_model: TFLiteModel, reference, audio_windows, tolerance: float
     if windows.ndim != 2 or not len(windows):
         raise BirdnetError(f"{tflite_model.path}: verify needs [windows, samples] audio, got shape {windows.shape}")
     tol = TOLERANCES.get(tflite_model.quantization, TOLERANCES["int8"]) if tolerance is None else float(tolerance)
+    from birdnet_tf.infer.sliding import score_windows
+
     start = time.perf_counter()
-    got = tflite_model(windows)
+    got = score_windows(tflite_model, windows, len(windows))  # one call: a dynamic-batch model runs once
     ms = 1000 * (time.perf_counter() - start) / len(windows)
-    ref = np.concatenate([np.asarray(reference(windows[i:i + batch_size]), np.float32)
-                          for i in range(0, len(windows), batch_size)])
+    ref = score_windows(reference, windows, batch_size)
     if got.shape != ref.shape:
         raise BirdnetError(f"{tflite_model.path}: scores have shape {got.shape}, the reference's {ref.shape}")
     for name, scores in (("TFLite model", got), ("reference SavedModel", ref)):
@@ -430,7 +438,7 @@ def audio_windows(inputs: list[str], window_samples: int, sample_rate_hz: int, m
         ``(windows float32 [n, window_samples], files used, skipped (path, reason))``.
     """
     from birdnet_tf.data.audio import load_audio
-    from birdnet_tf.data.pipeline import window_starts
+    from birdnet_tf.grid import window_starts
     from birdnet_tf.errors import AudioDecodeError
     from birdnet_tf.infer.predict import expand_inputs
 

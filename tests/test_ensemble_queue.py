@@ -17,7 +17,7 @@ import pytest
 from birdnet_tf.errors import BirdnetError
 from birdnet_tf.evaluate.metrics import evaluate_scores
 from birdnet_tf.infer.ensemble import (
-    Member, Objective, Targets, align, combine, load_targets, read_member, search_weights,
+    MemberPredictions, Objective, Targets, align, combine, load_targets, read_member, search_weights,
 )
 from birdnet_tf.train.queue import read_jobs
 from conftest import run_cli
@@ -29,9 +29,9 @@ LABELS = ["a", "b", "c", "d", "e", "f"]
 def test_combine_aligns_files_and_labels_and_normalises_weights():
     rng = np.random.default_rng(0)
     sa, sb = rng.random((3, 3)), rng.random((3, 3))
-    a = Member("A", ["x.wav", "y.wav", "z.wav"], ["p", "q", "r"], sa)
+    a = MemberPredictions("A", ["x.wav", "y.wav", "z.wav"], ["p", "q", "r"], sa)
     # B lists the files and labels in another order
-    b = Member("B", ["z.wav", "x.wav", "y.wav"], ["r", "p", "q"], sb[[2, 0, 1]][:, [2, 0, 1]])
+    b = MemberPredictions("B", ["z.wav", "x.wav", "y.wav"], ["r", "p", "q"], sb[[2, 0, 1]][:, [2, 0, 1]])
     out = combine([a, b], [1, 3])
     assert out.files == ["x.wav", "y.wav", "z.wav"] and out.labels == ["p", "q", "r"]
     np.testing.assert_allclose(out.scores, 0.25 * sa + 0.75 * sb)
@@ -44,11 +44,11 @@ def test_combine_aligns_files_and_labels_and_normalises_weights():
 
 def test_alignment_errors_list_missing_files_and_labels():
     s = np.ones((2, 3))
-    a = Member("A", ["x.wav", "y.wav"], ["p", "q", "r"], s)
+    a = MemberPredictions("A", ["x.wav", "y.wav"], ["p", "q", "r"], s)
     with pytest.raises(BirdnetError, match=r"B: lacks predictions for 1 of the 2 file\(s\) of A: y.wav"):
-        align([a, Member("B", ["x.wav", "w.wav"], ["p", "q", "r"], s)])
+        align([a, MemberPredictions("B", ["x.wav", "w.wav"], ["p", "q", "r"], s)])
     with pytest.raises(BirdnetError, match=r"B: labels differ from A's: lacks label\(s\) r; has label\(s\) s"):
-        align([a, Member("B", ["x.wav", "y.wav"], ["p", "q", "s"], s)])
+        align([a, MemberPredictions("B", ["x.wav", "y.wav"], ["p", "q", "s"], s)])
     with pytest.raises(BirdnetError, match="given twice"):
         align([a, a])
     targets = Targets("split.csv", ["audio/x.ogg", "audio/y.ogg", "audio/v.ogg"], ["p", "q", "r"],
@@ -56,11 +56,11 @@ def test_alignment_errors_list_missing_files_and_labels():
                                                                        ["audio/v.ogg"]])
     with pytest.raises(BirdnetError, match=r"lacks predictions for 1 of the 3 file\(s\) of split.csv: "
                                            r"audio/v.ogg"):
-        align([Member("A", ["/data/audio/x.ogg", "/data/audio/y.ogg"], ["p", "q", "r"], s)], targets)
+        align([MemberPredictions("A", ["/data/audio/x.ogg", "/data/audio/y.ogg"], ["p", "q", "r"], s)], targets)
     # a predict table on the dataset (absolute paths) and one on the prepared WAVs both match the keys
-    m1 = Member("P", ["/data/audio/v.ogg", "/data/audio/x.ogg", "/data/audio/y.ogg"], ["p", "q", "r"],
+    m1 = MemberPredictions("P", ["/data/audio/v.ogg", "/data/audio/x.ogg", "/data/audio/y.ogg"], ["p", "q", "r"],
                 np.arange(9.0).reshape(3, 3))
-    m2 = Member("W", ["/cache/audio/y.wav", "/cache/audio/x.wav", "/cache/audio/v.wav"], ["r", "q", "p"],
+    m2 = MemberPredictions("W", ["/cache/audio/y.wav", "/cache/audio/x.wav", "/cache/audio/v.wav"], ["r", "q", "p"],
                 np.arange(9.0).reshape(3, 3))
     al = align([m1, m2], targets)
     assert al.files == targets.keys

@@ -11,7 +11,8 @@ tf = pytest.importorskip("tensorflow")
 
 from birdnet_tf.config import Config  # noqa: E402
 from birdnet_tf.errors import ConfigError  # noqa: E402
-from birdnet_tf.models.layers import TemporalPooling, attention_pool, noisy_or_logits  # noqa: E402
+from birdnet_tf.models.layers import (  # noqa: E402
+    TemporalPooling, attention_pool, noisy_or_logits, pool_packed, pool_steps)
 from conftest import TINY_SETTINGS, run_cli, tiny_set_args  # noqa: E402
 
 L3 = float(np.log(3.0))  # σ(ln 3) = 0.75, σ(0) = 0.5, σ(-ln 3) = 0.25
@@ -34,17 +35,11 @@ def test_noisy_or_by_hand():
     # class 2: 1 - 0.75·0.75 = 0.4375         → logit ln(0.4375/0.5625) = ln(7/9)
     want = [[L3, np.log(13 / 3), np.log(7 / 9)]]
     np.testing.assert_allclose(TemporalPooling("noisy-or")(x).numpy(), want, atol=1e-6)
-    from birdnet_tf.infer.whole import _pool_steps
-
-    np.testing.assert_allclose(_pool_steps(x, "noisy-or"), want, atol=1e-6)
 
 
 def test_noisy_or_matches_definition_and_single_step_is_identity():
-    from birdnet_tf.infer.whole import _pool_steps
-
     x = np.random.default_rng(0).normal(0, 3, (4, 7, 5)).astype(np.float32)
     np.testing.assert_allclose(TemporalPooling("noisy-or")(x).numpy(), _noisy_or_reference(x), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(_pool_steps(x, "noisy-or"), _noisy_or_reference(x), rtol=1e-6, atol=1e-6)
     one = np.array([[[-80.0, -20.0, -1.0, 0.0, 1e-3, 0.5, 3.0, 20.0, 80.0]]], np.float32)
     np.testing.assert_allclose(TemporalPooling("noisy-or")(one).numpy(), one[:, 0], rtol=1e-5, atol=1e-5)
     # noisy-or is at least the max of its steps' probabilities and grows with more steps
@@ -66,9 +61,6 @@ def test_pooling_is_stable_and_differentiable_at_large_logits(method):
         # all +80: -log(1 - p) = 3·80 and logit = 240; all -80: p ≈ 3·e⁻⁸⁰, logit = -80 + ln 3;
         # one step at +80: logit ≈ 80 + softplus(5) + softplus(-80)
         np.testing.assert_allclose(y.numpy()[0], [240.0, -80 + L3, 80 + np.log1p(np.exp(5.0))], rtol=1e-6)
-        from birdnet_tf.infer.whole import _pool_steps
-
-        np.testing.assert_allclose(_pool_steps(x.numpy(), method)[0], y.numpy()[0], rtol=1e-6)
 
 
 def test_noisy_or_mask_equals_pooling_the_valid_steps_alone():
@@ -77,6 +69,25 @@ def test_noisy_or_mask_equals_pooling_the_valid_steps_alone():
     got = noisy_or_logits(x, axis=1, mask=np.broadcast_to(valid[:, :, None], x.shape)).numpy()
     for row, n in enumerate([6, 2, 1]):
         np.testing.assert_allclose(got[row], TemporalPooling("noisy-or")(x[row:row + 1, :n]).numpy()[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["max", "mean", "logmeanexp:2", "noisy-or", "attention:2"])
+def test_masked_pooling_equals_pooling_the_valid_steps_alone(method):
+    """pool_packed with a mask (the export's windows and the streaming engine) = the layer on the valid steps."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 3, (3, 6, 2)).astype(np.float32)
+    heads = 2 if method.startswith("attention") else 0
+    att = rng.normal(0, 2, (3, 6, heads, 2)).astype(np.float32)
+    packed = np.concatenate([x, att.reshape(3, 6, heads * 2)], -1)
+    valid = np.arange(6)[None, :] < np.array([[6], [2], [1]])
+    got = pool_packed(packed, method, mask=valid).numpy()
+    assert got.shape == (3, 2)
+    for row, n in enumerate([6, 2, 1]):
+        alone = pool_steps(x[row:row + 1, :n], method, attention=att[row:row + 1, :n] if heads else None).numpy()
+        np.testing.assert_allclose(got[row], alone[0], rtol=1e-5, atol=1e-6)
+    unmasked = pool_steps(x, method, attention=att if heads else None).numpy()
+    np.testing.assert_allclose(got[0], unmasked[0], rtol=1e-6)  # a full mask changes nothing
+    assert not np.allclose(got[1], unmasked[1])  # and a partial one does
 
 
 # ------------------------------------------------------------------ attention
@@ -97,11 +108,10 @@ def test_attention_by_hand_with_fixed_weights():
     # head 1: class 0 (6 + 0 + 12)/3 = 6,         class 1 (0 + 6 − 6)/3 = 0
     # mean over heads: [6.5, −0.5]
     np.testing.assert_allclose(layer(x, feats).numpy(), [[6.5, -0.5]], rtol=1e-6)
-    # the whole-recording mirror on the packed body output [logits | attention logits]
-    from birdnet_tf.infer.whole import _pool_steps
-
+    # the same pooling of the packed body output [logits | attention logits] (whole-recording engine, export)
     att = layer.attention_logits(x, feats).numpy().reshape(1, 3, 4)
-    np.testing.assert_allclose(_pool_steps(np.concatenate([x, att], -1), "attention:2"), [[6.5, -0.5]], rtol=1e-6)
+    np.testing.assert_allclose(pool_packed(np.concatenate([x, att], -1), "attention:2").numpy(), [[6.5, -0.5]],
+                               rtol=1e-6)
     # masking the last step = pooling the first two alone
     masked = attention_pool(x, layer.attention_logits(x, feats), mask=np.array([[True, True, False]])).numpy()
     np.testing.assert_allclose(masked, layer(x[:, :2], feats[:, :2]).numpy(), rtol=1e-6)
@@ -172,7 +182,7 @@ def _recording(seconds: float, seed: int = 1) -> np.ndarray:
 
 @pytest.mark.parametrize("method", ["noisy-or", "attention:2"])
 def test_whole_recording_windows_equal_windows_scored_alone(method):
-    """The numpy path (WholeRecordingModel) and the export's TF ``windows`` graph both give each
+    """The streaming engine (WholeRecordingModel) and the export's TF ``windows`` graph both give each
     window's own scores (windows on the step grid; the last ones run past the end)."""
     from birdnet_tf.export import _whole_recording_fns
     from birdnet_tf.infer.whole import WholeRecordingModel
@@ -201,7 +211,7 @@ def test_whole_recording_windows_equal_windows_scored_alone(method):
     np.testing.assert_allclose(out["scores"].numpy(), whole.window_scores(logits, tf_starts, window), atol=1e-5)
     inside = tf_starts + window <= len(x)
     np.testing.assert_allclose(out["scores"].numpy()[inside][:len(starts)], alone[:inside.sum()], atol=1e-5)
-    assert (~inside).any()  # the masked (partial) windows at the end were checked against the numpy path
+    assert (~inside).any()  # the masked (partial) windows at the end were checked against the streaming engine
 
 
 # ------------------------------------------------------------------ ismir2016 knobs

@@ -230,7 +230,7 @@ def test_pcen_models_skip_whole_recording_inference(tmp_path):
     from birdnet_tf.data.audio import write_wav16
     from birdnet_tf.export import export_model
     from birdnet_tf.infer.predict import predict
-    from birdnet_tf.infer.whole import split_model
+    from birdnet_tf.models.surgery import split_model
     from birdnet_tf.models.build import build_model
 
     cfg = tiny_cfg("frontend.magnitude=pcen")

@@ -171,7 +171,8 @@ def test_combined_model_names_and_init_from_audio_run(tmp_path):
 
 
 def test_whole_recording_engine_adds_the_metadata_bias():
-    from birdnet_tf.infer.whole import WholeRecordingModel, missing_metadata, split_model
+    from birdnet_tf.infer.whole import WholeRecordingModel
+    from birdnet_tf.models.surgery import missing_metadata, split_model
     from birdnet_tf.models.build import build_model
     from birdnet_tf.models.metadata import feature_names
 
@@ -185,16 +186,16 @@ def test_whole_recording_engine_adds_the_metadata_bias():
     assert not np.allclose(keras_scores[0], model({"waveform": wave[:1], "metadata": meta[1:]}).numpy()[0], atol=1e-3)
     whole = WholeRecordingModel.from_keras(model, cfg)
     assert whole.uses_metadata
-    results = sorted(whole.score_files(list(wave), metadata=meta), key=lambda r: r[0])
+    results = sorted(whole.score_many(list(wave), metadata=meta), key=lambda r: r[0])
     for (index, res, error), expected in zip(results, keras_scores):
         assert error is None
-        np.testing.assert_allclose(res["file_scores"], expected, atol=1e-5)
+        np.testing.assert_allclose(res.pooled(cfg.data.file_pooling), expected, atol=1e-5)
     # without metadata: the recordings' metadata counts as unknown, as in the sliding path
     unknown = missing_metadata(cfg, 2)
     assert unknown[0, feature_names(cfg).index("latitude_missing")] == 1 and unknown[0].sum() == 5
     expected = model({"waveform": wave, "metadata": unknown}, training=False).numpy()
-    for index, res, _ in whole.score_files(list(wave)):
-        np.testing.assert_allclose(res["file_scores"], expected[index], atol=1e-5)
+    for index, res, _ in whole.score_many(list(wave)):
+        np.testing.assert_allclose(res.pooled(cfg.data.file_pooling), expected[index], atol=1e-5)
 
     noisy = build_model(cfg.replace(["model.temporal_pooling=noisy-or", "model.output_activation=sigmoid"]), 3)
     with pytest.raises(BirdnetError, match="noisy-or"):  # does not commute with the bias: window by window

@@ -36,7 +36,7 @@ def _recording(seconds: float, seed: int = 1) -> np.ndarray:
 
 def _alone(model, x, starts, window, mean=None):
     """Each window through the model on its own; with ``mean``, centred by those statistics instead."""
-    from birdnet_tf.infer.whole import split_model
+    from birdnet_tf.models.surgery import split_model
 
     if mean is None:
         return np.concatenate([model.predict(x[None, s:s + window], verbose=0) for s in starts])
@@ -104,13 +104,13 @@ def test_many_files_batched_together_equal_one_by_one():
     xs = [_recording(s, seed=i) for i, s in enumerate([2.5, 7.0, 31.0, 4.0])]
     batched = WholeRecordingModel.from_keras(model, cfg, segment_s=5.0, batch_size=8)
     single = WholeRecordingModel.from_keras(model, cfg, segment_s=5.0, batch_size=1)
-    res_b = {i: r for i, r, _ in batched.score_files(xs, window_s=2.0)}
+    res_b = {i: ws for i, ws, _ in batched.score_many(xs, window_s=2.0)}
     res_s = {}
     for i, x in enumerate(xs):
-        res_s[i] = next(single.score_files([x], window_s=2.0))[1]
+        res_s[i] = single.score(x, window_s=2.0)
     for i in range(len(xs)):
-        np.testing.assert_allclose(res_b[i]["scores"], res_s[i]["scores"], atol=TOL)
-        np.testing.assert_allclose(res_b[i]["start_s"], np.arange(len(res_b[i]["start_s"])) * 2.0)
+        np.testing.assert_allclose(res_b[i].scores, res_s[i].scores, atol=TOL)
+        np.testing.assert_allclose(res_b[i].starts, np.arange(len(res_b[i].starts)) * 2.0)
 
 
 def test_short_recording_is_looped_like_the_sliding_path():
@@ -119,10 +119,10 @@ def test_short_recording_is_looped_like_the_sliding_path():
     model, cfg = _model(center=True)
     whole = WholeRecordingModel.from_keras(model, cfg)
     x = _recording(0.7)
-    res = next(whole.score_files([x]))[1]  # per-file: one window of data.excerpt_s (2 s), looped
+    res = whole.score(x)  # per-file: one window of data.excerpt_s (2 s), looped
     window = cfg.excerpt_samples
     expected = model.predict(np.resize(x, window)[None], verbose=0)[0]
-    np.testing.assert_allclose(res["file_scores"], expected, atol=TOL)
+    np.testing.assert_allclose(res.pooled(cfg.data.file_pooling), expected, atol=TOL)
 
 
 def test_streamed_real_recordings_decode_like_load_audio(xc_pr20):
@@ -164,13 +164,13 @@ def test_export_windows_signature_and_streaming_engine_agree(trained_synthetic, 
     sig = exported.signature("windows")(waveform=tf.constant(x))
     facts = exported.extra["whole_recording"]
     assert facts["window_s"] == pytest.approx(exported.config.data.excerpt_s, abs=1e-4)
-    from_export = next(WholeRecordingModel.from_export(exported).score_files([str(path)], window_s=facts["window_s"]))
+    from_export = next(WholeRecordingModel.from_export(exported).score_many([str(path)], window_s=facts["window_s"]))
     keras_model = load_keras_model(trained_synthetic.run / "best.keras")
-    from_keras = next(WholeRecordingModel.from_keras(keras_model, exported.config).score_files(
+    from_keras = next(WholeRecordingModel.from_keras(keras_model, exported.config).score_many(
         [str(path)], window_s=facts["window_s"]))
     assert from_export[2] is None and from_keras[2] is None
-    np.testing.assert_allclose(sig["scores"].numpy(), from_export[1]["scores"], atol=TOL)
-    np.testing.assert_allclose(from_keras[1]["scores"], from_export[1]["scores"], atol=TOL)
-    np.testing.assert_allclose(sig["start_s"].numpy(), from_export[1]["start_s"], atol=1e-6)
+    np.testing.assert_allclose(sig["scores"].numpy(), from_export[1].scores, atol=TOL)
+    np.testing.assert_allclose(from_keras[1].scores, from_export[1].scores, atol=TOL)
+    np.testing.assert_allclose(sig["start_s"].numpy(), from_export[1].starts, atol=1e-6)
     assert [s.decode() for s in sig["labels"].numpy()] == exported.labels
     assert int(sig["sample_rate_hz"].numpy()) == exported.sample_rate_hz

@@ -104,7 +104,7 @@ class PCEN(keras.layers.Layer):
     the learned ``s`` (at s = 0.035 the response needs about 200 frames to fall to 0.1 %),
     and any input length works. Being recursive, the layer is not pointwise in time
     (``pointwise_in_time = False``): whole-recording inference refuses such models
-    (:func:`birdnet_tf.infer.whole.split_model`) and windows are scored one by one.
+    (:func:`birdnet_tf.models.surgery.split_model`) and windows are scored one by one.
 
     Args:
         frame_rate_hz: Frames per second of the input (sample rate / hop).

@@ -90,7 +90,7 @@ PathLike = str | os.PathLike
 # --------------------------------------------------------------------------
 
 @dataclass
-class Member:
+class MemberPredictions:
     """One model's per-file predictions.
 
     Attributes:
@@ -114,7 +114,7 @@ def _shown(items: Sequence[Any]) -> str:
     return ", ".join(str(x) for x in items[:_SHOWN]) + more
 
 
-def _member_from_table(table: pd.DataFrame, name: str, source: str) -> Member:
+def _member_from_table(table: pd.DataFrame, name: str, source: str) -> MemberPredictions:
     if "file" not in table.columns:
         raise BirdnetError(f"{source}: not a prediction table (no 'file' column; expected the csv output of "
                            "birdnet-tf predict or a run's eval/scores.csv)")
@@ -136,10 +136,10 @@ def _member_from_table(table: pd.DataFrame, name: str, source: str) -> Member:
         row, col = np.argwhere(~np.isfinite(scores))[0]
         raise BirdnetError(f"{source}: missing or non-finite scores (first: {files[row]}, {labels[col]!r})")
     end_s = table["end_s"].to_numpy(dtype=np.float64) if "end_s" in table.columns else None
-    return Member(name, files, labels, scores, end_s)
+    return MemberPredictions(name, files, labels, scores, end_s)
 
 
-def read_member(path: PathLike, name: str | None = None) -> Member:
+def read_member(path: PathLike, name: str | None = None) -> MemberPredictions:
     """Reads one model's per-file predictions from a CSV file or a run folder.
 
     Args:
@@ -173,7 +173,7 @@ def is_export(path: PathLike) -> bool:
     return (Path(path) / "saved_model.pb").is_file()
 
 
-def predict_member(export_dir: PathLike, audio: Sequence[str], name: str | None = None, log=None) -> Member:
+def predict_member(export_dir: PathLike, audio: Sequence[str], name: str | None = None, log=None) -> MemberPredictions:
     """Scores ``audio`` (files and folders) with an export: one row per file (the export's pooling).
 
     Files that cannot be decoded are skipped (and logged) by
@@ -348,7 +348,7 @@ class Aligned:
     end_s: np.ndarray
 
 
-def align(members: Sequence[Member], targets: Targets | None = None) -> Aligned:
+def align(members: Sequence[MemberPredictions], targets: Targets | None = None) -> Aligned:
     """Puts members on the same files and labels.
 
     The files are the target files (in their order), or without ``targets`` the first
@@ -427,7 +427,7 @@ def normalise_weights(weights: Sequence[float], n_models: int) -> np.ndarray:
     return w / w.sum()
 
 
-def combine(tables: Sequence[Member] | np.ndarray, weights: Sequence[float] | None = None):
+def combine(tables: Sequence[MemberPredictions] | np.ndarray, weights: Sequence[float] | None = None):
     """Weighted mean of the members' scores (weights normalised; default uniform).
 
     Args:
@@ -436,7 +436,7 @@ def combine(tables: Sequence[Member] | np.ndarray, weights: Sequence[float] | No
         weights: ``[models]`` non-negative weights, not all zero.
 
     Returns:
-        For members a :class:`Member` named ``ensemble`` on the first member's files and
+        For members a :class:`MemberPredictions` named ``ensemble`` on the first member's files and
         labels; for an array the float64 ``[files, classes]`` mixture.
     """
     if isinstance(tables, np.ndarray):
@@ -448,7 +448,7 @@ def combine(tables: Sequence[Member] | np.ndarray, weights: Sequence[float] | No
     aligned = align(tables)
     mixed = combine(aligned.stack, weights)
     end_s = tables[0].end_s
-    return Member("ensemble", list(aligned.files), list(aligned.labels), mixed,
+    return MemberPredictions("ensemble", list(aligned.files), list(aligned.labels), mixed,
                   None if end_s is None else np.asarray(end_s))
 
 
@@ -637,8 +637,8 @@ def search_weights(stack: np.ndarray, primary_idx: np.ndarray, background: np.nd
 # The whole job
 # --------------------------------------------------------------------------
 
-def load_members(sources: Sequence[str], audio: Sequence[str] | None = None, targets: Targets | None = None,
-                 log=None) -> list[Member]:
+def load_predictions(sources: Sequence[str], audio: Sequence[str] | None = None, targets: Targets | None = None,
+                     log=None) -> list[MemberPredictions]:
     """Members from CSV files, run folders and export folders (scored on ``audio`` or the target files).
 
     Raises:
@@ -737,7 +737,7 @@ def fit_ensemble(sources: Sequence[str], targets: PathLike, out_dir: PathLike, m
     if method not in METHODS:
         raise BirdnetError(f"unknown weight search '{method}'; choose one of {', '.join(METHODS)}")
     tg = load_targets(targets, split)
-    members = load_members(sources, audio, tg, log)
+    members = load_predictions(sources, audio, tg, log)
     tg = tg.restrict(members[0].labels, log)
     aligned = align(members, tg)
     primary, background = tg.arrays(aligned.labels)
@@ -819,7 +819,7 @@ def apply_weights(sources: Sequence[str], weights_file: PathLike, out_dir: PathL
                            f"{len(sources)} given (the i-th source gets the i-th model's weight)")
     weights = [float(doc["weights"][m]) for m in doc["models"]]
     tg = load_targets(targets, split) if targets is not None else None
-    members = load_members(sources, audio, tg, log)
+    members = load_predictions(sources, audio, tg, log)
     if tg is not None:
         tg = tg.restrict(members[0].labels, log)
     aligned = align(members, tg)

@@ -5,11 +5,11 @@ fly. Per file (default): the model's windows (``data.excerpt_s`` with hop
 ``data.eval_hop_s``) are scored and pooled over the whole recording. With
 ``window_s``: one row per window on a regular grid (``start_s = k·hop``).
 
-Two engines give these window scores: ``whole`` (default) runs the network once over
-each streamed recording and pools its per-step logits per window
-(:mod:`birdnet_tf.infer.whole`); ``sliding`` scores each window on its own through the
-export's ``serving_default`` (the last partial window looped to full length), which is
-also how a remote TF Serving model is used.
+Two :class:`~birdnet_tf.infer.engine.Scorer` engines give these window scores: ``whole``
+(default) runs the network once over each streamed recording and pools its per-step
+logits per window (:mod:`birdnet_tf.infer.whole`); ``sliding`` scores each window on its
+own through the export's ``serving_default`` (the last partial window looped to full
+length; :mod:`birdnet_tf.infer.sliding`), which is also how a remote TF Serving model is used.
 
 An export with metadata input (``metadata.use`` only / combined) also takes each file's
 date, time and place: ``metadata`` is a CSV (:func:`read_metadata_csv`) whose rows are
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,31 +63,6 @@ def _text_name(path: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _cut(x: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
-    """``[len(starts), window]`` windows of ``x``; parts beyond the end are looped from the window's start."""
-    out = np.empty((len(starts), window), np.float32)
-    for i, s in enumerate(starts):
-        seg = x[s:s + window]
-        out[i] = np.resize(seg, window) if len(seg) < window else seg
-    return out
-
-
-def score_recording(model, x: np.ndarray, window: int, starts: np.ndarray, batch_size: int = 32,
-                    metadata: np.ndarray | None = None) -> np.ndarray:
-    """Scores ``[len(starts), classes]`` of windows of one recording, in batches.
-
-    ``metadata`` (float32 ``[F]``, the recording's encoded metadata) goes with every window
-    to a model with metadata input.
-    """
-    def call(batch: np.ndarray) -> np.ndarray:
-        if metadata is None:
-            return model(batch)
-        return model(batch, np.repeat(np.asarray(metadata, np.float32)[None], len(batch), axis=0))
-
-    parts = [call(_cut(x, starts[i:i + batch_size], window)) for i in range(0, len(starts), batch_size)]
-    return np.concatenate(parts, axis=0)
 
 
 #: Column names (any case) that name the audio file in a ``--metadata`` CSV, in order of preference.
@@ -226,6 +200,7 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
     """
     from birdnet_tf.evaluate.pooling import pool
     from birdnet_tf.export import ExportedModel
+    from birdnet_tf.infer.sliding import SlidingScorer
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if engine not in ("whole", "sliding"):
@@ -251,22 +226,19 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
     if engine == "whole":
         from birdnet_tf.infer.whole import WholeRecordingModel
 
-        whole = WholeRecordingModel.from_export(model)
-        results = whole.score_files(files, window_s=window_s, hop_s=hop_s, file_pooling=pooling,
-                                    progress=progress, log=log, metadata=features)
+        scorer = WholeRecordingModel.from_export(model)
     else:
-        results = _sliding(model, files, window_s, hop_s, pooling, batch_size, progress, log, features)
+        scorer = SlidingScorer(model, batch_size)
     rows = []
-    sr = model.sample_rate_hz
-    for index, res, error in results:
+    for index, ws, error in scorer.score_many(files, window_s, hop_s, metadata=features, progress=progress, log=log):
         if error is not None:
             failures.append((files[index], error))
             log(f"skipped: {error}")
             continue
         if window_s is None:
-            rows.append((index, [files[index], 0.0, round(res["n_samples"] / sr, 3), *res["file_scores"]]))
+            rows.append((index, [files[index], 0.0, round(ws.duration_s, 3), *ws.pooled(pooling)]))
         else:
-            for s, e, row in zip(res["start_s"], res["end_s"], res["scores"]):
+            for s, e, row in zip(ws.starts, ws.ends, ws.scores):
                 rows.append((index, [files[index], round(float(s), 3), round(float(e), 3), *row]))
     if not rows:
         detail = "; ".join(f"{p}: {r}" for p, r in failures[:3])
@@ -274,48 +246,8 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
     rows.sort(key=lambda r: r[0])  # input order (stable within a file)
     cols = ["file", "start_s", "end_s", *model.labels]
     table = pd.DataFrame([r for _, r in rows], columns=cols)
-    table.attrs["sample_rate_hz"] = sr
+    table.attrs["sample_rate_hz"] = scorer.sample_rate
     return table, failures
-
-
-def _sliding(model, files, window_s, hop_s, pooling, batch_size, progress, log, features=None):
-    """Sliding windows through ``serving_default``; yields ``(index, result, error)`` like the whole engine.
-
-    ``features``: ``[files, F]`` encoded metadata for a model with metadata input (else None).
-    """
-    from tqdm.auto import tqdm
-
-    from birdnet_tf.data.audio import load_audio
-    from birdnet_tf.data.pipeline import window_starts
-    from birdnet_tf.errors import AudioDecodeError
-    from birdnet_tf.evaluate.pooling import pool
-
-    cfg = getattr(model, "config", None)
-    sr = model.sample_rate_hz
-    excerpt_s = cfg.data.excerpt_s if cfg is not None else 3.0
-    eval_hop_s = cfg.data.eval_hop_s if cfg is not None else excerpt_s
-    for index, path in enumerate(tqdm(files, desc="predict", unit="file", disable=not progress or len(files) < 2)):
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                x, _ = load_audio(path, sr)
-            for w in caught:
-                log(f"warning: {w.message}")
-        except AudioDecodeError as e:
-            yield index, None, str(e)
-            continue
-        if window_s is None:
-            window = int(round(excerpt_s * sr))
-            starts = window_starts(len(x), window, int(round(eval_hop_s * sr)))
-        else:
-            window = int(round(window_s * sr))
-            hop = int(round((hop_s or window_s) * sr))
-            starts = np.arange(0, max(len(x), 1), hop, dtype=np.int64)
-            starts = starts[(starts == 0) | (starts + 0.1 * sr < len(x))]  # no slivers under 0.1 s
-        scores = score_recording(model, x, window, starts, batch_size,
-                                 metadata=None if features is None else features[index])
-        yield index, {"n_samples": len(x), "start_s": starts / sr, "end_s": np.minimum(starts + window, len(x)) / sr,
-                      "scores": scores, "file_scores": pool(scores, pooling)}, None
 
 
 def write_table(table: pd.DataFrame, out: str | os.PathLike, force: bool = False) -> Path:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from birdnet_tf.errors import BirdnetError
+from birdnet_tf.infer.sliding import SlidingScorer
 
 DEFAULT_SIGNATURE = "serving_default"
 WINDOWS_SIGNATURE = "windows"
@@ -333,3 +334,12 @@ def _error_message(e: urllib.error.HTTPError) -> str:
     except (UnicodeDecodeError, json.JSONDecodeError):
         pass
     return raw[:300].decode("utf-8", "replace").strip() or e.reason
+
+
+
+class RemoteScorer(SlidingScorer):
+    """A served model as a :class:`~birdnet_tf.infer.engine.Scorer`: sliding windows through
+    :class:`RemoteModel` (``url``, ``model_name`` and ``kwargs`` as there), ``batch_size`` windows per request."""
+
+    def __init__(self, url: str, model_name: str, batch_size: int = 32, **kwargs):
+        super().__init__(RemoteModel(url, model_name, **kwargs), batch_size)

@@ -69,8 +69,7 @@ import os
 import sys
 import warnings
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +77,11 @@ import pandas as pd
 
 from birdnet_tf.data.metadata import FIELDS
 from birdnet_tf.errors import AudioDecodeError, BirdnetError, about
+from birdnet_tf.grid import SOUNDSCAPE_WINDOW_S, Grid, soundscape_windows, window_starts
+from birdnet_tf.infer.members import Member, load_members
 
 TASKS: tuple[str, ...] = ("monophone", "soundscape")
 """The BirdCLEF 2018 tasks a run file can be written for."""
-
-SOUNDSCAPE_WINDOW_S = 5.0
-"""Length (and default hop) of a soundscape window, as BirdCLEF 2018 scores them."""
 
 DEFAULT_POOLING = "median"
 """Monophone per-file pooling: the 2018 baseline's median-filtered pooling."""
@@ -93,40 +91,19 @@ DEFAULT_DROP_CLASSES: tuple[str, ...] = ("noise", "Noise")
 
 _MEDIA_ID_COLUMNS = ("media_id", "mediaid")
 _FILE_COLUMNS = ("filename", "file_name", "file", "path")
-_MIN_WINDOW_S = 0.1  # a last soundscape window starting closer than this to the end is not scored
 
 
 # --------------------------------------------------------------------------
 # Windows
 # --------------------------------------------------------------------------
 
-def soundscape_windows(n_samples: int, sample_rate_hz: int, window_s: float = SOUNDSCAPE_WINDOW_S,
-                       hop_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Soundscape windows of a recording: ``(start_s, end_s)``, each ``float64 [windows]``, seconds.
-
-    Windows of ``window_s`` every ``hop_s`` (default ``window_s``) from 0; a last window
-    starting less than 0.1 s before the end is dropped (a recording shorter than that
-    still gets one). Ends are nominal (``start + window_s``), also past the recording's
-    end, so the time stamps stay on the grid.
-    """
-    if window_s <= 0 or (hop_s is not None and hop_s <= 0):
-        raise BirdnetError("soundscape --window-s and --hop-s must be positive")
-    hop = int(round((hop_s or window_s) * sample_rate_hz))
-    starts = np.arange(0, max(int(n_samples), 1), max(1, hop), dtype=np.int64)
-    starts = starts[(starts == 0) | (starts + _MIN_WINDOW_S * sample_rate_hz < n_samples)]
-    start_s = starts / float(sample_rate_hz)
-    return start_s, start_s + float(window_s)
-
-
 def monophone_starts(n_samples: int, window: int, hop: int, max_windows: int | None) -> np.ndarray:
     """Start samples of a monophone recording's windows, ``int64 [windows]``.
 
     Windows of ``window`` samples every ``hop`` (the last aligned to the end), at most
-    ``max_windows`` spread evenly (:func:`birdnet_tf.data.pipeline.window_starts`); a
+    ``max_windows`` spread evenly (:func:`birdnet_tf.grid.window_starts`); a
     recording shorter than a window gets one (looped when scored).
     """
-    from birdnet_tf.data.pipeline import window_starts
-
     return window_starts(int(n_samples), int(window), int(hop), max_windows)
 
 
@@ -448,81 +425,18 @@ def resolve_class_ids(labels: Sequence[str], class_ids: str | os.PathLike | None
 
 
 # --------------------------------------------------------------------------
-# Ensemble members
+# Scoring one recording
 # --------------------------------------------------------------------------
 
-@dataclass
-class Member:
-    """One model of an ensemble: its export, its whole-recording engine (or None: sliding) and
-    ``order``, the indices that put its score columns into the ensemble's label order."""
-
-    path: Path
-    exported: object
-    whole: object | None
-    order: np.ndarray
-
-
-def load_members(models: Sequence[str | os.PathLike], engine: str = "whole", log=print) -> tuple[list[Member], list[str]]:
-    """Loads export folders as ensemble members; returns ``(members, labels)`` (the first model's order).
-
-    Raises:
-        BirdnetError: Not an export; a member's classes or sample rate differ from the first's.
-    """
-    from birdnet_tf.export import ExportedModel
-    from birdnet_tf.infer.whole import WholeRecordingModel
-
-    if engine not in ("whole", "sliding"):
-        raise BirdnetError(f"unknown engine '{engine}'; choose whole or sliding")
-    if not models:
-        raise BirdnetError("give at least one exported MODEL folder")
-    members: list[Member] = []
-    labels: list[str] = []
-    rate = None
-    for i, path in enumerate(Path(m) for m in models):
-        exported = ExportedModel(path)
-        if len(set(exported.labels)) != len(exported.labels):
-            raise BirdnetError(f"{path}: labels.txt repeats a label")
-        if i == 0:
-            labels, rate, first = list(exported.labels), exported.sample_rate_hz, path
-        else:
-            if exported.sample_rate_hz != rate:
-                raise BirdnetError(f"{path}: takes {exported.sample_rate_hz} Hz audio but {first} takes {rate} Hz; "
-                                   "an ensemble needs one sample rate")
-            if set(exported.labels) != set(labels):
-                missing = sorted(set(labels) - set(exported.labels))
-                extra = sorted(set(exported.labels) - set(labels))
-                raise BirdnetError(f"{path}: its classes differ from {first}'s (missing {missing[:5]}, "
-                                   f"extra {extra[:5]}); an ensemble needs the same classes")
-        index = {label: j for j, label in enumerate(exported.labels)}
-        whole = None
-        if not exported.uses_waveform:
-            log(f"note: {path} is a metadata-only model: it reads no audio, so every window of a file gets the "
-                "same scores (from the file's date, time and place)")
-        elif engine == "whole":
-            try:
-                whole = WholeRecordingModel.from_export(exported)
-            except BirdnetError as e:
-                log(f"warning: {e}; scoring it with sliding windows")
-        members.append(Member(path, exported, whole, np.array([index[label] for label in labels], np.int64)))
-    return members, labels
-
-
-def _counted(blocks: Iterator[np.ndarray], total: list[int]) -> Iterator[np.ndarray]:
-    for block in blocks:
-        total[0] += len(block)
-        yield block
-
-
 def score_file(members: Sequence[Member], path: str, task: str, window_s: float, hop_s: float,
-               max_windows: int | None = None, batch_size: int = 32, log=print,
-               weights: Sequence[float] | None = None,
+               max_windows: int | None = None, log=print, weights: Sequence[float] | None = None,
                metadata: Sequence[np.ndarray | None] | None = None) -> dict:
-    """Scores one recording with every member and averages their window scores.
+    """Scores one recording with every member and averages their window scores
+    (:class:`~birdnet_tf.infer.engine.EnsembleScorer` of the members' scorers).
 
     Args:
         members, path, task: The ensemble (:func:`load_members`), the recording, the task.
         window_s, hop_s, max_windows: The windows (see :func:`submit`).
-        batch_size: Windows per call of a sliding-window member.
         log: Where warnings of decoding go.
         weights: ``[members]`` weights summing to 1 (default: the plain mean).
         metadata: Per member, the recording's encoded metadata ``float32 [F]`` for a member
@@ -536,76 +450,20 @@ def score_file(members: Sequence[Member], path: str, task: str, window_s: float,
     Raises:
         AudioDecodeError, BirdnetError: The recording cannot be decoded or is empty.
     """
-    from birdnet_tf.data.audio import iter_audio, load_audio
-    from birdnet_tf.infer.predict import score_recording
-    from birdnet_tf.infer.whole import _expected, _prefetched
+    from birdnet_tf.infer.engine import EnsembleScorer
 
-    sr = members[0].exported.sample_rate_hz
-    window = int(round(window_s * sr))
-    hop = int(round(hop_s * sr))
-    metadata = list(metadata) if metadata is not None else [None] * len(members)
-    x, n_true, logits = None, None, []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for m in members:
-            if not m.exported.uses_waveform:  # metadata-only: the windows come from the others or the length
-                logits.append(None)
-                continue
-            if m.whole is None:
-                if x is None:
-                    x, _ = load_audio(path, sr)
-                n_true = len(x)
-                logits.append(None)
-                continue
-            total = [0]
-            try:
-                spec, _ = m.whole.spectrogram(_counted(_prefetched(iter_audio(path, sr)), total), min_samples=window,
-                                              expected_samples=_expected(path, sr))
-            except BirdnetError as e:  # decoding errors name the file already
-                raise type(e)(str(e) if str(path) in str(e) else f"{path}: {e}") from None
-            logits.append(m.whole.step_logits([m.whole.centre(spec)])[0])
-            n_true = total[0]
-        if n_true is None:  # metadata-only members alone: the recording's length still lays out the windows
-            x, _ = load_audio(path, sr)
-            n_true = len(x)
-    seen = set()
-    for w in caught:
-        if str(w.message) not in seen:
-            seen.add(str(w.message))
-            log(f"warning: {w.message}")
+    sr = members[0].scorer.sample_rate
+    grid = Grid.regular(window_s, hop_s, sr) if task == "soundscape" else \
+        Grid.evaluation(window_s, hop_s, sr, max_windows)
+    ensemble = EnsembleScorer([m.scorer for m in members], weights, names=[m.path for m in members])
+    ws = ensemble.score(str(path), grid=grid, metadata=metadata, log=log)
+    n = ws.n_samples
     if task == "soundscape":
-        start_s, end_s = soundscape_windows(n_true, sr, window_s, hop_s)
-        starts = np.round(start_s * sr).astype(np.int64)
+        start_s, end_s = soundscape_windows(n, sr, window_s, hop_s)
     else:
-        starts = monophone_starts(n_true, window, hop, max_windows)
-        start_s, end_s = starts / sr, np.minimum(starts + window, max(n_true, window)) / sr
-    total_scores = None
-    for i, (m, lg, row) in enumerate(zip(members, logits, metadata)):
-        row = None if row is None or not m.exported.uses_metadata else np.asarray(row, np.float32)
-        if not m.exported.uses_waveform:  # one score row per file (it reads only the batch size)
-            one = m.exported(np.zeros((1, 1), np.float32), None if row is None else row[None])
-            s = np.repeat(np.asarray(one), len(starts), axis=0)
-        elif lg is None:
-            s = score_recording(m.exported, x, window, starts, batch_size, metadata=row)
-        else:
-            s = m.whole.window_scores(lg, starts, window, None if row is None else _metadata_bias(m, row))
-        s = np.asarray(s, np.float64)[:, m.order]
-        if weights is not None:
-            s = float(weights[i]) * s
-        total_scores = s if total_scores is None else total_scores + s
-    scores = total_scores if weights is not None else total_scores / len(members)
-    return {"n_samples": n_true, "start_s": start_s, "end_s": end_s, "scores": scores}
-
-
-def _metadata_bias(member: Member, row: np.ndarray) -> np.ndarray | None:
-    """A combined member's metadata logits ``float64 [classes]`` of one encoded row (its ``metadata_logits``
-    signature), the bias the whole-recording engine adds to each window's pooled logits; None when it has none."""
-    import tensorflow as tf
-
-    if not member.whole.uses_metadata:
-        return None
-    fn = member.exported.signature("metadata_logits")
-    return np.asarray(fn(metadata=tf.constant(row[None]))["logits"].numpy(), np.float64)[0]
+        starts = np.round(ws.starts * sr).astype(np.int64)
+        start_s, end_s = ws.starts, np.minimum(starts + grid.window, max(n, grid.window)) / sr
+    return {"n_samples": n, "start_s": start_s, "end_s": end_s, "scores": ws.scores}
 
 
 # --------------------------------------------------------------------------

@@ -47,120 +47,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from birdnet_tf.config import Config
-from birdnet_tf.errors import BirdnetError
-
-
-@dataclass(frozen=True)
-class StepGeometry:
-    """How output steps map to frames and samples: step ``s`` sees frames ``[s·stride, s·stride + field)``."""
-
-    sample_rate_hz: int
-    hop: int  # samples between frames
-    n_fft: int  # samples per frame
-    stride: int  # frames between output steps
-    field: int  # frames one output step sees
-
-    def frames(self, n_samples: int) -> int:
-        return 0 if n_samples < self.n_fft else 1 + (n_samples - self.n_fft) // self.hop
-
-    def steps(self, n_frames: int) -> int:
-        return 0 if n_frames < self.field else 1 + (n_frames - self.field) // self.stride
-
-    @property
-    def stride_samples(self) -> int:
-        return self.stride * self.hop
-
-    @property
-    def field_samples(self) -> int:
-        """Shortest input that gives one output step."""
-        return self.n_fft + (self.field - 1) * self.hop
-
-
-def probe_geometry(body, n_mels: int, hop: int, n_fft: int, sample_rate_hz: int) -> StepGeometry:
-    """Finds stride and receptive field of ``body`` (frames → steps) from symbolic shapes."""
-
-    def steps(frames: int) -> int:
-        try:
-            n = body.compute_output_shape((1, frames, n_mels))[1]
-        except ValueError:
-            return 0
-        return max(0, int(n)) if n is not None else 0
-
-    lo, hi = 1, 1
-    while steps(hi) < 1:
-        lo, hi = hi, hi * 2
-        if hi > 1 << 20:
-            raise BirdnetError("the model gives no output step for any input length up to 2^20 frames")
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if steps(mid) >= 1 else (mid + 1, hi)
-    field = hi
-    stride = 1
-    while steps(field + stride) < 2:
-        stride += 1
-    geo = StepGeometry(sample_rate_hz, hop, n_fft, stride, field)
-    for frames in range(field, field + 4 * stride + 1):
-        if steps(frames) != geo.steps(frames):
-            raise BirdnetError(f"the model's output steps are not a regular grid over frames "
-                               f"({frames} frames give {steps(frames)} steps, expected {geo.steps(frames)}); "
-                               "whole-recording inference needs a fully convolutional model")
-    return geo
+from birdnet_tf.errors import AudioDecodeError, BirdnetError
+from birdnet_tf.grid import Grid
+from birdnet_tf.infer.engine import Scorer, WindowScores
+from birdnet_tf.models.surgery import (StepGeometry, metadata_bias_model, missing_metadata, pooled_classes,
+                                       probe_geometry, split_model)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def _attention_heads(method: str) -> int:
-    """Heads ``K`` of ``attention:K`` pooling, 0 for the other methods."""
-    kind, _, param = method.partition(":")
-    return int(float(param)) if kind == "attention" and param else (1 if kind == "attention" else 0)
-
-
-def pooled_classes(width: int, method: str) -> int:
-    """Classes in a body output with ``width`` values per step (see :func:`split_model`)."""
-    return width // (1 + _attention_heads(method))
-
-
-def _noisy_or_np(logits: np.ndarray) -> np.ndarray:
-    """:func:`birdnet_tf.models.layers.noisy_or_logits` over axis 1, in float64."""
-    x = logits.astype(np.float64)
-    with np.errstate(divide="ignore", over="ignore"):
-        ls = np.where(x < -15.0, x, np.log(np.logaddexp(0.0, np.maximum(x, -15.0))))
-    m = ls.max(axis=1)
-    lam = m + np.log(np.sum(np.exp(ls - m[:, None]), axis=1))  # log Σ softplus(x_t)
-    a = np.exp(lam)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(a < 1e-3, lam + a / 2 + a * a / 24,
-                        np.where(a < np.log(2.0), np.log(-np.expm1(-a)) + a, np.log1p(-np.exp(-a)) + a))
-
-
-def _pool_steps(logits: np.ndarray, method: str) -> np.ndarray:
-    """``[windows, steps, classes]`` → ``[windows, classes]``, as :class:`TemporalPooling` computes it.
-
-    For ``attention:K`` the last axis holds the body's packed output (:func:`split_model`):
-    ``classes`` logits, then ``K × classes`` attention logits; each head's weights are the
-    softmax of its attention logits over the given steps.
-    """
-    kind, _, param = method.partition(":")
-    if kind == "max":
-        return logits.max(axis=1)
-    if kind == "mean":
-        return logits.mean(axis=1)
-    if kind == "noisy-or":
-        return _noisy_or_np(logits)
-    if kind == "attention":
-        heads = _attention_heads(method)
-        c = pooled_classes(logits.shape[-1], method)
-        x = logits[..., :c].astype(np.float64)
-        att = logits[..., c:].astype(np.float64).reshape(*logits.shape[:2], heads, c)
-        w = np.exp(att - att.max(axis=1, keepdims=True))
-        w /= w.sum(axis=1, keepdims=True)
-        return np.mean(np.sum(w * x[:, :, None, :], axis=1), axis=1)
-    a = float(param) if param else 1.0
-    m = logits.max(axis=1, keepdims=True)
-    return (np.log(np.mean(np.exp(a * (logits - m)), axis=1)) + a * m[:, 0]) / a
 
 
 class Frames:
@@ -232,107 +128,7 @@ class _Segment:
     frames: np.ndarray  # [frames, bands], possibly zero-padded at the end
 
 
-def split_model(model):
-    """Splits a :func:`~birdnet_tf.models.build.build_model` model: ``(front, body, facts)``.
-
-    ``front``: waveform ``[batch, samples]`` → magnitude-scaled mel frames ``[batch, frames, bands]``;
-    ``body``: (band-centred) frames → per-step logits ``[batch, steps, classes]``; ``facts``:
-    ``center`` (bool), ``pooling`` (the temporal pooling method), ``activation``, and for a
-    combined audio + metadata model ``metadata: True`` (its bias comes from :func:`metadata_bias_model`).
-
-    With ``attention:K`` pooling the body also gives each step's attention logits (a
-    projection of that step's features only), packed after the class logits:
-    ``[batch, steps, classes + K·classes]`` (``[..., classes + k·classes + c]`` is head
-    ``k``'s logit for class ``c``); :func:`_pool_steps` and the export's ``windows``
-    signature unpack it.
-    """
-    import keras
-
-    names = {layer.name for layer in model.layers}
-    if "chunk_spectrogram" in names or any(layer.__class__.__name__ == "ChunkSpectrogram" for layer in model.layers):
-        raise BirdnetError("the 2018 baseline's chunk models normalise each chunk's spectrogram on its own, so "
-                           "their windows are scored one by one (no whole-recording pass)")
-    missing = {"magnitude", "frame_logits", "temporal_pooling", "scores"} - names
-    if missing:
-        raise BirdnetError(f"model '{model.name}' lacks the layers {sorted(missing)} that whole-recording "
-                           "inference splits it at (not built by birdnet_tf.models.build.build_model?)")
-    magnitude = model.get_layer("magnitude")
-    if not getattr(magnitude, "pointwise_in_time", True):  # PCEN: a recursive smoother over frames
-        raise BirdnetError(f"model '{model.name}' has a magnitude layer ({type(magnitude).__name__}) that is "
-                           "recursive in time, so the recording cannot be cut into segments exactly; "
-                           "windows are scored one by one instead")
-    center = "band_centering" in names
-    front_out = magnitude.output
-    body_in = model.get_layer("band_centering").output if center else front_out
-    with_metadata = "combined_logits" in names
-    if with_metadata and model.get_layer("temporal_pooling").method.partition(":")[0] == "noisy-or":
-        raise BirdnetError("noisy-or pooling does not commute with the metadata network's bias, so a combined "
-                           "audio + metadata model with it is scored window by window")
-    wave_in = next((t for t in model.inputs if t.name.split(":")[0] == "waveform"), None) \
-        if len(model.inputs) > 1 else model.input
-    front = keras.Model(wave_in, front_out, name="front")
-    pooling = model.get_layer("temporal_pooling")
-    if getattr(pooling, "heads", 0):
-        ins = pooling.input if isinstance(pooling.input, (list, tuple)) else [pooling.input]
-        body_out = _pack_attention(pooling, name="packed_attention")(*ins)
-    else:
-        body_out = model.get_layer("frame_logits").output
-    body = keras.Model(body_in, body_out, name="body")
-    facts = {"center": center, "pooling": pooling.method,
-             "activation": model.get_layer("scores").get_config()["activation"]}
-    if with_metadata:
-        facts["metadata"] = True
-    return front, body, facts
-
-
-def metadata_bias_model(model):
-    """The metadata half of a combined model: ``metadata (batch, F)`` → ``meta_logits (batch, classes)``.
-
-    Returns None for a model without the layers ``combined_logits`` and ``meta_logits``.
-    """
-    import keras
-
-    names = {layer.name for layer in model.layers}
-    if not {"combined_logits", "meta_logits"} <= names:
-        return None
-    meta_in = next(t for t in model.inputs if t.name.split(":")[0] == "metadata")
-    return keras.Model(meta_in, model.get_layer("meta_logits").output, name="metadata_bias")
-
-
-def missing_metadata(cfg: Config, n: int) -> np.ndarray:
-    """``[n, F]`` metadata rows of ``cfg``'s encoding saying "all unknown" (indicators 1, values 0)."""
-    from birdnet_tf.models.metadata import feature_names
-
-    row = np.array([name.endswith("_missing") for name in feature_names(cfg)], np.float32)
-    return np.repeat(row[None], n, axis=0)
-
-
-def _pack_attention_layer():
-    import keras
-    import tensorflow as tf
-
-    class PackAttention(keras.layers.Layer):
-        """Per-step class logits and the pooling layer's attention logits in one tensor (not saved)."""
-
-        def __init__(self, pooling, **kwargs):
-            super().__init__(dtype="float32", **kwargs)
-            self.pooling = pooling
-
-        def call(self, logits, features=None):
-            att = self.pooling.attention_logits(logits, features)  # [batch, steps, heads, classes]
-            shape = tf.shape(att)
-            flat = tf.reshape(att, tf.stack([shape[0], shape[1], shape[2] * shape[3]]))
-            return tf.concat([tf.cast(logits, tf.float32), flat], axis=-1)
-
-    return PackAttention
-
-
-def _pack_attention(pooling, name: str):
-    """A :class:`PackAttention` layer around ``pooling`` (the class is defined on first use: no Keras at import)."""
-    return _pack_attention_layer()(pooling, name=name)
-
-
-def _prefetched(blocks: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarray]:
+def prefetched(blocks: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.ndarray]:
     """Decodes ahead in a thread (libsndfile and soxr release the GIL) while the model computes.
 
     At most ``depth`` blocks wait, so memory stays bounded; a decoding error is re-raised
@@ -374,7 +170,7 @@ def _prefetched(blocks: Iterator[np.ndarray], depth: int = 4) -> Iterator[np.nda
         stop.set()
 
 
-def _expected(source, sample_rate_hz: int) -> int:
+def expected_samples(source, sample_rate_hz: int) -> int:
     """Samples a source will give at ``sample_rate_hz``, from its header (0 when unknown)."""
     if isinstance(source, np.ndarray):
         return len(source)
@@ -387,8 +183,9 @@ def _expected(source, sample_rate_hz: int) -> int:
         return 0
 
 
-class WholeRecordingModel:
-    """A trained model run once per recording (see the module docstring).
+class WholeRecordingModel(Scorer):
+    """A trained model run once per recording (see the module docstring): the streaming
+    :class:`~birdnet_tf.infer.engine.Scorer`.
 
     Build it with :meth:`from_keras` (a trained Keras model) or :meth:`from_export` (an
     export folder: its ``front`` and ``body`` signatures).
@@ -406,12 +203,15 @@ class WholeRecordingModel:
             more memory per batch).
         batch_size: Segments per body call.
         front_s: Audio per front call.
+        labels: Class names in score order (an export's; None when unknown).
     """
 
     def __init__(self, front, body, cfg: Config, geometry: StepGeometry, center: bool, pooling: str,
                  activation: str, segment_s: float = 20.0, batch_size: int = 2, front_s: float = 10.0,
-                 metadata_bias=None):
+                 metadata_bias=None, labels: list[str] | None = None):
         self._front, self._body = front, body
+        self.config, self.sample_rate = cfg, geometry.sample_rate_hz
+        self.labels = list(labels) if labels is not None else None
         self._bias = metadata_bias
         self._missing_bias: np.ndarray | None = None
         self.cfg, self.geometry = cfg, geometry
@@ -460,7 +260,7 @@ class WholeRecordingModel:
             bias = lambda x: meta(metadata=tf.constant(np.asarray(x, np.float32)))["logits"].numpy()  # noqa: E731
         return cls(lambda x: front(waveform=x)["frames"].numpy(), lambda x: body(frames=x)["logits"].numpy(),
                    cfg, geometry, facts["center"], facts["pooling"], facts["activation"], metadata_bias=bias,
-                   **kwargs)
+                   **{"labels": exported.labels, **kwargs})
 
     @property
     def uses_metadata(self) -> bool:
@@ -549,27 +349,30 @@ class WholeRecordingModel:
                       bias: np.ndarray | None = None) -> np.ndarray:
         """Scores ``[len(starts), classes]`` of windows ``[start, start + window)`` (samples).
 
-        ``bias`` (``[classes]``, a combined model's metadata logits of the recording) is added
-        to each window's pooled logits before the output activation; a combined model given
-        none takes the recording's metadata as unknown (the bias of an all-missing row).
+        Each window pools its steps with the model's own temporal pooling
+        (:func:`birdnet_tf.models.layers.pool_packed`, masked where a window runs past the
+        last step). ``bias`` (``[classes]``, a combined model's metadata logits of the
+        recording) is added to each window's pooled logits before the output activation; a
+        combined model given none takes the recording's metadata as unknown (the bias of an
+        all-missing row).
         """
+        from birdnet_tf.models.layers import pool_packed
+
         g = self.geometry
         n_steps = len(logits)
         per_window = max(1, g.steps(g.frames(window)))
         first = np.clip(np.round(np.asarray(starts) / g.stride_samples).astype(np.int64), 0, n_steps - 1)
-        scores = np.empty((len(first), pooled_classes(logits.shape[1], self.pooling)), np.float32)
         if bias is None and self._bias is not None:
             if self._missing_bias is None:
                 self._missing_bias = np.asarray(self._bias(missing_metadata(self.cfg, 1)), np.float64)[0]
             bias = self._missing_bias
         shift = 0.0 if bias is None else np.asarray(bias, np.float64)
-        full = first + per_window <= n_steps
-        if full.any():
-            idx = first[full, None] + np.arange(per_window)[None, :]
-            scores[full] = self._activate(_pool_steps(logits[idx], self.pooling) + shift)
-        for i in np.nonzero(~full)[0]:  # windows running past the last step pool what there is
-            scores[i] = self._activate(_pool_steps(logits[None, first[i]:], self.pooling) + shift)[0]
-        return scores
+        if not len(first):
+            return np.zeros((0, pooled_classes(logits.shape[1], self.pooling)), np.float32)
+        idx = first[:, None] + np.arange(per_window)[None, :]
+        valid = idx < n_steps  # windows running past the last step pool what there is
+        pooled = pool_packed(logits[np.minimum(idx, n_steps - 1)], self.pooling, mask=valid)
+        return self._activate(np.asarray(pooled, np.float64) + shift)
 
     def _activate(self, pooled: np.ndarray) -> np.ndarray:
         if self.activation == "softmax":
@@ -579,17 +382,49 @@ class WholeRecordingModel:
         raise BirdnetError(f"unsupported output activation '{self.activation}'")
 
     # ------------------------------------------------------------------ files
-    def score_files(self, sources: list, window_s: float | None = None, hop_s: float | None = None,
-                    file_pooling: str | None = None, group_s: float = 600.0, progress: bool = False,
-                    log=None, metadata: np.ndarray | None = None) -> Iterator[tuple[int, dict | None, str | None]]:
-        """Scores recordings; yields ``(index, result, error)`` per source in order of completion.
+    def _read(self, source, min_samples: int, log) -> tuple[Frames, int]:
+        """Streams one source (a path or a float32 waveform) through the front; decoding warnings go to ``log``."""
+        from birdnet_tf.data.audio import iter_audio
+
+        sr = self.geometry.sample_rate_hz
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            blocks = [np.asarray(source, np.float32)] if isinstance(source, np.ndarray) \
+                else prefetched(iter_audio(source, sr))
+            spec, n = self.spectrogram(blocks, min_samples=min_samples, expected_samples=expected_samples(source, sr))
+        for w in caught:
+            log(f"warning: {w.message}")
+        return spec, n
+
+    def _bias_of(self, metadata: np.ndarray | None) -> np.ndarray | None:
+        if self._bias is None or metadata is None:
+            return None
+        return np.asarray(self._bias(np.asarray(metadata, np.float32)[None]), np.float64)[0]
+
+    def _windows(self, source, logits: np.ndarray, n: int, grid: Grid, bias) -> WindowScores:
+        sr = self.geometry.sample_rate_hz
+        starts = grid.starts(n)
+        return WindowScores(None if isinstance(source, np.ndarray) else str(source), starts / sr,
+                            grid.ends(starts, n) / sr, self.window_scores(logits, starts, grid.window, bias),
+                            self.labels, sr, n)
+
+    def score(self, source, window_s=None, hop_s=None, *, grid=None, metadata=None, log=None) -> WindowScores:
+        """One recording (see :meth:`birdnet_tf.infer.engine.Scorer.score`); errors name the file."""
+        grid = grid or self.grid(window_s, hop_s)
+        try:
+            spec, n = self._read(source, grid.window, log or (lambda msg: print(msg, file=sys.stderr)))
+        except BirdnetError as e:  # decoding errors name the file already
+            where = "waveform" if isinstance(source, np.ndarray) else str(source)
+            raise type(e)(str(e) if where in str(e) else f"{where}: {e}") from None
+        logits = self.step_logits([self.centre(spec)])[0]
+        return self._windows(source, logits, n, grid, self._bias_of(metadata))
+
+    def score_many(self, sources, window_s=None, hop_s=None, *, grid=None, metadata=None, progress=False,
+                   log=None, group_s: float = 600.0) -> Iterator[tuple[int, WindowScores | None, str | None]]:
+        """Scores recordings; yields ``(index, scores, error)`` per source in order of completion.
 
         ``sources`` are paths (decoded with :func:`iter_audio` at the model's rate) or
-        float32 arrays at the model's rate. ``result`` has ``n_samples``, ``start_s``,
-        ``end_s`` and ``scores [windows, classes]`` for windows of ``window_s`` (default:
-        the model's excerpt) every ``hop_s`` (default: the window, or the config's eval
-        hop for per-file windows), and ``file_scores [classes]`` = the windows pooled with
-        ``file_pooling`` (default: the config's). Files are processed in groups of about
+        float32 arrays at the model's rate. Files are processed in groups of about
         ``group_s`` seconds of audio whose segments are batched together.
 
         ``metadata`` (float32 ``[sources, F]``, the encoded metadata of each recording) is
@@ -598,55 +433,33 @@ class WholeRecordingModel:
         """
         from tqdm.auto import tqdm
 
-        from birdnet_tf.data.audio import iter_audio
-        from birdnet_tf.errors import AudioDecodeError
-        from birdnet_tf.evaluate.pooling import pool
-
-        cfg, sr = self.cfg, self.geometry.sample_rate_hz
-        per_file = window_s is None
-        window = int(round((window_s or cfg.data.excerpt_s) * sr))
-        hop = int(round((hop_s or (cfg.data.eval_hop_s if per_file else window_s)) * sr))
-        file_pooling = file_pooling or cfg.data.file_pooling
+        grid = grid or self.grid(window_s, hop_s)
+        sr = self.geometry.sample_rate_hz
         log = log or (lambda msg: print(msg, file=sys.stderr))
         bar = tqdm(total=len(sources), desc="predict", unit="file", disable=not progress or len(sources) < 2)
-        group: list[tuple[int, np.ndarray, int]] = []
+        group: list[tuple[int, object, Frames, int]] = []
         group_samples = 0
 
         biases = None
         if self._bias is not None:
-            rows = missing_metadata(cfg, len(sources)) if metadata is None else np.asarray(metadata, np.float32)
+            rows = missing_metadata(self.cfg, len(sources)) if metadata is None else np.asarray(metadata, np.float32)
             biases = np.asarray(self._bias(rows), np.float64) if len(rows) else rows
 
         def flush():
-            specs = [self.centre(spec) for _, spec, _ in group]  # in place
-            for (index, _, n), logits in zip(group, self.step_logits(specs)):
-                if per_file:
-                    from birdnet_tf.data.pipeline import window_starts
-
-                    starts = window_starts(n, window, hop)
-                else:
-                    starts = np.arange(0, max(n, 1), hop, dtype=np.int64)
-                    starts = starts[(starts == 0) | (starts + 0.1 * sr < n)]  # no slivers under 0.1 s
-                scores = self.window_scores(logits, starts, window, None if biases is None else biases[index])
-                yield index, {"n_samples": n, "start_s": starts / sr, "end_s": np.minimum(starts + window, n) / sr,
-                              "scores": scores, "file_scores": pool(scores, file_pooling)}, None
+            specs = [self.centre(spec) for _, _, spec, _ in group]  # in place
+            for (index, source, _, n), logits in zip(group, self.step_logits(specs)):
+                yield index, self._windows(source, logits, n, grid, None if biases is None else biases[index]), None
                 bar.update()
             group.clear()
 
         for index, source in enumerate(sources):
             try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    blocks = [np.asarray(source, np.float32)] if isinstance(source, np.ndarray) \
-                        else _prefetched(iter_audio(source, sr))
-                    spec, n = self.spectrogram(blocks, min_samples=window, expected_samples=_expected(source, sr))
-                for w in caught:
-                    log(f"warning: {w.message}")
+                spec, n = self._read(source, grid.window, log)
             except (AudioDecodeError, BirdnetError) as e:
                 bar.update()
                 yield index, None, str(e)
                 continue
-            group.append((index, spec, n))
+            group.append((index, source, spec, n))
             group_samples += n
             if group_samples >= group_s * sr:
                 yield from flush()

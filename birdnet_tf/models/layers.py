@@ -2,10 +2,12 @@
 
 Temporal pooling turns per-step class logits ``(batch, steps, classes)`` into one logit per
 class ``(batch, classes)``. The functions :func:`noisy_or_logits` and :func:`attention_pool`
-are the TF implementations of the two non-trivial methods; they take an optional ``mask``
-of valid steps so the export's whole-recording ``windows`` signature (which pools windows
-of a padded step matrix) computes exactly what :class:`TemporalPooling` computes on the
-window's steps alone. :func:`birdnet_tf.infer.whole._pool_steps` mirrors them in numpy.
+are the TF implementations of the two non-trivial methods. :func:`pool_steps` is the one
+definition of every method, with an optional ``mask`` of valid steps, so the export's
+whole-recording ``windows`` signature and the streaming engine (:mod:`birdnet_tf.infer.whole`),
+which pool windows of a padded step matrix, compute exactly what :class:`TemporalPooling`
+computes on the window's steps alone (:func:`pool_packed` unpacks attention logits packed
+after the class logits, as :func:`birdnet_tf.models.surgery.split_model` packs them).
 """
 
 from __future__ import annotations
@@ -121,6 +123,58 @@ def attention_pool(x, attention, mask=None):
     return tf.reduce_mean(tf.reduce_sum(w * x[:, :, None, :], axis=1), axis=1)
 
 
+def pool_steps(x, method: str, mask=None, attention=None):
+    """Temporal pooling of per-step logits ``(batch, steps, classes)`` → ``(batch, classes)``, float32.
+
+    The one definition of the methods of :class:`TemporalPooling` (see there).
+
+    Args:
+        x: Per-step logits.
+        method: ``max``, ``mean``, ``logmeanexp:a``, ``noisy-or`` or ``attention:K``.
+        mask: Optional bool ``(batch, steps)``: the steps to pool (at least one per row);
+            masked pooling equals pooling the valid steps alone.
+        attention: ``attention:K`` only: attention logits ``(batch, steps, K, classes)``.
+    """
+    kind, param = parse_pooling(method)
+    x = tf.cast(x, tf.float32)
+    valid3 = None if mask is None else tf.broadcast_to(tf.cast(mask, tf.bool)[:, :, None], tf.shape(x))
+    if kind == "attention":
+        if attention is None:
+            raise ValueError("attention pooling needs the attention logits")
+        return attention_pool(x, attention, mask=None if mask is None else tf.cast(mask, tf.bool))
+    if kind == "noisy-or":
+        return noisy_or_logits(x, axis=1, mask=valid3)
+    if kind == "max":
+        return tf.reduce_max(x if valid3 is None else tf.where(valid3, x, -1e30), axis=1)
+    if valid3 is None:
+        count = tf.cast(tf.shape(x)[1], tf.float32)
+    else:
+        count = tf.reduce_sum(tf.cast(valid3, tf.float32), axis=1)
+    if kind == "mean":
+        return tf.reduce_sum(x if valid3 is None else tf.where(valid3, x, 0.0), axis=1) / count
+    a = param
+    ax = a * x if valid3 is None else tf.where(valid3, a * x, -1e30)
+    return (tf.reduce_logsumexp(ax, axis=1) - tf.math.log(count)) / a
+
+
+def pool_packed(packed, method: str, mask=None):
+    """:func:`pool_steps` of a body output that packs ``attention:K``'s attention logits after the class logits.
+
+    ``packed``: ``(batch, steps, classes)``, or for ``attention:K``
+    ``(batch, steps, classes + K·classes)`` (``[..., classes + k·classes + c]`` is head ``k``'s
+    logit for class ``c``, as :func:`birdnet_tf.models.surgery.split_model` packs them).
+    """
+    kind, param = parse_pooling(method)
+    if kind != "attention":
+        return pool_steps(packed, method, mask)
+    heads = int(param)
+    packed = tf.cast(packed, tf.float32)
+    c = tf.shape(packed)[-1] // (1 + heads)
+    shape = tf.shape(packed)
+    att = tf.reshape(packed[:, :, c:], tf.stack([shape[0], shape[1], heads, c]))
+    return pool_steps(packed[:, :, :c], method, mask, attention=att)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TemporalPooling(keras.layers.Layer):
     """Pools per-step class logits ``(batch, steps, classes)`` → ``(batch, classes)``.
@@ -151,7 +205,6 @@ class TemporalPooling(keras.layers.Layer):
         super().__init__(**kwargs)
         self._kind, param = parse_pooling(method)
         self.method = method
-        self._a = param if self._kind == "logmeanexp" else 1.0
         self.heads = int(param) if self._kind == "attention" else 0
 
     def build(self, logits_shape, features_shape=None):
@@ -179,17 +232,8 @@ class TemporalPooling(keras.layers.Layer):
 
     def call(self, logits, features=None):
         x = tf.cast(logits, tf.float32)
-        if self._kind == "max":
-            return tf.reduce_max(x, axis=1)
-        if self._kind == "mean":
-            return tf.reduce_mean(x, axis=1)
-        if self._kind == "noisy-or":
-            return noisy_or_logits(x, axis=1)
-        if self._kind == "attention":
-            return attention_pool(x, self.attention_logits(x, features))
-        a = self._a
-        n = tf.cast(tf.shape(x)[1], tf.float32)
-        return (tf.reduce_logsumexp(a * x, axis=1) - tf.math.log(n)) / a
+        attention = self.attention_logits(x, features) if self._kind == "attention" else None
+        return pool_steps(x, self.method, attention=attention)
 
     def get_config(self):
         return {**super().get_config(), "method": self.method}
