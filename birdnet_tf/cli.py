@@ -15,9 +15,6 @@ from pathlib import Path
 from birdnet_tf import __version__
 from birdnet_tf.errors import BirdnetError, about
 
-DEFAULT_RECIPE = "pipelines/default.yaml"
-
-
 def _quiet_tensorflow() -> None:
     """Imports TensorFlow without its CPU-only start-up chatter (real errors still show)."""
     from birdnet_tf.fileio import quiet_tensorflow
@@ -284,9 +281,25 @@ def cmd_teacher(args) -> int:
 def cmd_config(args) -> int:
     import yaml
 
-    cfg = _config(args)
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-    return 0
+    from birdnet_tf.config import load_config
+
+    if args.check is None:
+        cfg = _config(args)
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    recipe = args.check or args.config
+    cfg = load_config(recipe, args.set)
+    from birdnet_tf.recipe_check import check_config
+
+    problems = check_config(cfg)
+    name = recipe or "the defaults"
+    if not problems:
+        _log(f"{name}: no problems found")
+        return 0
+    print(f"birdnet-tf: error: {name}: {len(problems)} problem(s):", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe = argparse.ArgumentParser(add_help=False)
     recipe.add_argument("--config", metavar="RECIPE", default=None,
-                        help="YAML/JSON recipe (default: the built-in defaults = pipelines/default.yaml)")
+                        help="YAML/JSON recipe file, or the name of a packaged recipe (e.g. ofai2018_audio; see "
+                             "birdnet_tf/recipes/) (default: the built-in defaults = recipe 'default')")
     recipe.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[],
                         help="override one setting, e.g. --set train.epochs=5 (repeatable; wins over the recipe)")
     workers = argparse.ArgumentParser(add_help=False)
@@ -583,7 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a table this command wrote with other settings (resuming needs no --force)")
     t.set_defaults(func=cmd_teacher)
 
-    p = sub.add_parser("config", parents=[recipe], help="print the resolved config as YAML")
+    p = sub.add_parser("config", parents=[recipe], help="print the resolved config as YAML, or check a recipe")
+    p.add_argument("--check", nargs="?", const="", default=None, metavar="RECIPE",
+                   help="instead of printing, check RECIPE (default: --config's) for every problem between and "
+                        "within sections (sample rates, excerpt against the model's receptive field, teachers, "
+                        "...); exits with status 2 if any is found")
     p.set_defaults(func=cmd_config)
     return parser
 
