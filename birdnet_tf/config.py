@@ -369,15 +369,16 @@ def recipe_names() -> list[str]:
 
 def find_recipe(name: str | os.PathLike, child: Path | None = None) -> Path:
     """The recipe file ``name`` means: a path (for a ``base``, relative to the ``child`` recipe's
-    folder), else a packaged recipe by bare name, with or without ``.yaml``.
+    folder; ``.yaml`` may be left off), else a packaged recipe by bare name, with or without ``.yaml``.
 
     Raises:
         ConfigError: Neither exists (names the packaged recipes).
     """
     p = Path(name).expanduser()
     candidate = child.parent / p if child is not None and not p.is_absolute() else p
-    if candidate.is_file():
-        return candidate
+    for c in (candidate, candidate.with_name(f"{candidate.name}.yaml")):
+        if c.is_file():
+            return c
     if len(p.parts) == 1:  # a bare name may be a packaged recipe
         packaged = RECIPES_DIR / (p.name if p.suffix.lower() in RECIPE_SUFFIXES else f"{p.name}.yaml")
         if packaged.is_file():
