@@ -343,6 +343,15 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+def split_kind(spec: Any) -> tuple[str, str | None]:
+    """The one parser of ``kind:param`` settings (``model.temporal_pooling``, ``data.file_pooling``,
+    ``train.loss``, ...): ``"logmeanexp:2"`` → ``("logmeanexp", "2")``, ``"max"`` → ``("max", None)``,
+    ``"ce_bgtopk:"`` → ``("ce_bgtopk", "")``. Surrounding whitespace is dropped; each caller checks
+    the kind and converts the parameter."""
+    kind, sep, param = str(spec).strip().partition(":")
+    return kind.strip(), (param.strip() if sep else None)
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["train.epochs=3", "data.seed=1"]`` → ``{"train.epochs": "3", ...}`` (values coerced later)."""
     out = {}

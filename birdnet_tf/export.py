@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from birdnet_tf.config import Config, read_config_json, save_config
+from birdnet_tf.config import Config, read_config_json, save_config, split_kind
 from birdnet_tf.errors import BirdnetError
 from birdnet_tf.fileio import check_replaceable, replace_folder, restore_folder
 
@@ -131,7 +131,7 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
     window, hop = int(round(window_s * sr)), int(round(hop_s * sr))
     per_window = max(1, geo.steps(geo.frames(window)))
     min_len = max(window, geo.field_samples)
-    kind, _, param = facts["pooling"].partition(":")
+    kind, param = split_kind(facts["pooling"])
     a = float(param) if param else 1.0
     heads = int(a) if kind == "attention" else 0
 

@@ -133,3 +133,18 @@ def test_config_check_lists_every_problem():
     assert rc == 2 and "shorter than the ismir2016 model's receptive field" in err
     rc, out, err = run_cli(["config", "--check", "demo"])
     assert rc == 0 and "demo: no problems found" in out
+
+
+def test_one_parser_for_kind_param_settings():
+    import re
+
+    from birdnet_tf.config import split_kind
+
+    assert split_kind(" logmeanexp : 2 ") == ("logmeanexp", "2")
+    assert split_kind("max") == ("max", None)
+    assert split_kind("ce_bgtopk:") == ("ce_bgtopk", "")
+    # the package splits kind:param strings nowhere else (host:port and tensor names are not settings)
+    pattern = re.compile(r"""(?<!r)partition\(\s*["']:["']\s*\)""")
+    found = [f"{p.relative_to(REPO)}:{i}" for p in sorted((REPO / "birdnet_tf").rglob("*.py"))
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert len(found) == 1 and found[0].startswith("birdnet_tf/config.py:"), found

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from birdnet_tf.config import Config
+from birdnet_tf.config import Config, split_kind
 from birdnet_tf.errors import BirdnetError
 
 
@@ -114,7 +114,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def _attention_heads(method: str) -> int:
     """Heads ``K`` of ``attention:K`` pooling, 0 for the other methods."""
-    kind, _, param = method.partition(":")
+    kind, param = split_kind(method)
     return int(float(param)) if kind == "attention" and param else (1 if kind == "attention" else 0)
 
 
@@ -143,7 +143,7 @@ def _pool_steps(logits: np.ndarray, method: str) -> np.ndarray:
     ``classes`` logits, then ``K × classes`` attention logits; each head's weights are the
     softmax of its attention logits over the given steps.
     """
-    kind, _, param = method.partition(":")
+    kind, param = split_kind(method)
     if kind == "max":
         return logits.max(axis=1)
     if kind == "mean":
@@ -265,7 +265,7 @@ def split_model(model):
     front_out = magnitude.output
     body_in = model.get_layer("band_centering").output if center else front_out
     with_metadata = "combined_logits" in names
-    if with_metadata and model.get_layer("temporal_pooling").method.partition(":")[0] == "noisy-or":
+    if with_metadata and split_kind(model.get_layer("temporal_pooling").method)[0] == "noisy-or":
         raise BirdnetError("noisy-or pooling does not commute with the metadata network's bias, so a combined "
                            "audio + metadata model with it is scored window by window")
     wave_in = next((t for t in model.inputs if t.name.split(":")[0] == "waveform"), None) \
