@@ -67,15 +67,32 @@ def xc_pr20() -> Path:
 
 
 @pytest.fixture
+def librosa():
+    """librosa, the reference implementation some tests compare with; skips only those tests without it."""
+    return pytest.importorskip("librosa")
+
+
+@pytest.fixture
 def tiny_settings() -> list[str]:
     return list(TINY_SETTINGS)
 
 
 @pytest.fixture
 def tiny_config():
+    return tiny_cfg()
+
+
+def tone(freq_hz: float, rate_hz: int, duration_s: float, amp: float = 0.5) -> np.ndarray:
+    """A sine of ``round(rate_hz × duration_s)`` samples, float64 (the one tone writer of the tests)."""
+    t = np.arange(int(round(rate_hz * duration_s))) / rate_hz
+    return amp * np.sin(2 * np.pi * freq_hz * t)
+
+
+def tiny_cfg(*settings: str):
+    """``Config`` of :data:`TINY_SETTINGS` plus ``settings`` (``section.field=value``)."""
     from birdnet_tf.config import Config
 
-    return Config().replace(TINY_SETTINGS)
+    return Config().replace([*TINY_SETTINGS, *settings])
 
 
 def synth_signal(kind: str, duration_s: float, rate_hz: int, rng: np.random.Generator) -> np.ndarray:
