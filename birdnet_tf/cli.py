@@ -17,7 +17,7 @@ from birdnet_tf.errors import BirdnetError, about
 
 class LibraryDefault:
     """The default of an option whose value the library owns: parameter ``name`` of the function
-    (or dataclass field) ``target`` = ``"module:attribute"``.
+    (or dataclass field) ``target`` = ``"package.module.attribute"``.
 
     ``--help`` shows the library's value (``%(default)s``; the module is imported only then), and
     an option left out is not passed on (:func:`given`), so the library's own default applies:
@@ -32,7 +32,7 @@ class LibraryDefault:
         import importlib
         import inspect
 
-        module, _, attribute = self.target.partition(":")
+        module, attribute = self.target.rsplit(".", 1)
         obj = getattr(importlib.import_module(module), attribute)
         if dataclasses.is_dataclass(obj):
             return next(f.default for f in dataclasses.fields(obj) if f.name == self.name)
@@ -353,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     def lib(target: str, name: str) -> LibraryDefault:
         return LibraryDefault(target, name)
 
-    sort_fn, ensemble_fn = "birdnet_tf.data.sort:sort_dataset", "birdnet_tf.infer.ensemble:fit_ensemble"
-    search, queue_fn = "birdnet_tf.tune.search:SearchSettings", "birdnet_tf.train.queue:run_worker"
+    sort_fn, ensemble_fn = "birdnet_tf.data.sort.sort_dataset", "birdnet_tf.infer.ensemble.fit_ensemble"
+    search, queue_fn = "birdnet_tf.tune.search.SearchSettings", "birdnet_tf.train.queue.run_worker"
     workers = argparse.ArgumentParser(add_help=False)
     workers.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                          help="processes for decoding audio (default: %(default)s)")
@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="output folder: <split>/<label>/*.png, noise/*.png, chunks.csv (resumable; settings "
                         "from the recipe's chunks section, e.g. --set chunks.overlap_s=0.5)")
-    p.add_argument("--seed", type=int, default=lib("birdnet_tf.data.spectrograms:extract", "seed"),
+    p.add_argument("--seed", type=int, default=lib("birdnet_tf.data.spectrograms.extract", "seed"),
                    help="seed of the choice of noise chunks (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any file failed")
     p.set_defaults(func=cmd_extract)
@@ -455,10 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics, report and plots of a run's model")
     p.add_argument("run_dir")
-    p.add_argument("--split", default=lib("birdnet_tf.evaluate.run:evaluate_run", "split"),
+    p.add_argument("--split", default=lib("birdnet_tf.evaluate.run.evaluate_run", "split"),
                    choices=["val", "train", "all"], help="(default: %(default)s)")
     p.add_argument("--pooling", default=None, help="mean | max | logmeanexp[:a] | median (default: the run's)")
-    p.add_argument("--model", default=lib("birdnet_tf.evaluate.run:evaluate_run", "model_file"),
+    p.add_argument("--model", default=lib("birdnet_tf.evaluate.run.evaluate_run", "model_file"),
                    help="model file in the run folder (default: %(default)s)")
     p.add_argument("--out", default=None, help="report folder (default: RUN_DIR/eval)")
     p.add_argument("--force", action="store_true", help="replace an earlier report in --out")
@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a verified SavedModel (waveform in, scores out)")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="export folder, e.g. models/birdnet/1 for TF Serving")
-    p.add_argument("--model", default=lib("birdnet_tf.export:export_run", "model_file"),
+    p.add_argument("--model", default=lib("birdnet_tf.export.export_run", "model_file"),
                    help="model file in the run folder (default: %(default)s)")
     p.add_argument("--window-s", type=float, default=None,
                    help="window of the 'windows' signature (default: the model's excerpt, data.excerpt_s)")
@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tflite", help="write TFLite models (built-in ops only), verified against the SavedModel")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="folder for model_<quantization>.tflite/.json and labels.txt")
-    p.add_argument("--quantization", nargs="+", default=lib("birdnet_tf.tflite:export_tflite", "quantizations"),
+    p.add_argument("--quantization", nargs="+", default=lib("birdnet_tf.tflite.export_tflite", "quantizations"),
                    choices=["float32", "float16", "int8"], metavar="Q",
                    help="float32, float16 (float16 weights), int8 (dynamic range) (default: %(default)s)")
     p.add_argument("--window-s", type=float, default=None,
@@ -502,10 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-s", type=float, default=None, help="one row per window of this length")
     p.add_argument("--hop-s", type=float, default=None, help="hop between windows (default: --window-s)")
     p.add_argument("--pooling", default=None, help="per-file pooling of window scores (default: the model's)")
-    p.add_argument("--engine", default=lib("birdnet_tf.infer.predict:predict", "engine"), choices=["whole", "sliding"],
+    p.add_argument("--engine", default=lib("birdnet_tf.infer.predict.predict", "engine"), choices=["whole", "sliding"],
                    help="whole: run the network once over each recording (fast, streams long files); "
                         "sliding: score each window on its own through serving_default (default: %(default)s)")
-    p.add_argument("--min-score", type=float, default=lib("birdnet_tf.infer.outputs:write_output", "min_score"),
+    p.add_argument("--min-score", type=float, default=lib("birdnet_tf.infer.outputs.write_output", "min_score"),
                    help="global minimum score of a detection (default: %(default)s)")
     p.add_argument("--thresholds", default=None, help="per-species minimum scores (CSV label,threshold)")
     p.add_argument("--include", default=None, help="only these species (file, one label per line)")
@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge consecutive detections of a species at most this far apart (e.g. 0)")
     p.add_argument("--class-ids", default=None,
                    help="CSV label,class_id for BirdCLEF files (default: the export's labels.csv, else labels)")
-    p.add_argument("--batch-size", type=int, default=lib("birdnet_tf.infer.predict:predict", "batch_size"),
+    p.add_argument("--batch-size", type=int, default=lib("birdnet_tf.infer.predict.predict", "batch_size"),
                    help="windows per model call (default: %(default)s)")
     p.add_argument("--server", default=None, metavar="URL",
                    help="score through TF Serving (or birdnet-tf serve) at URL, e.g. http://localhost:8501")
@@ -557,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="window length (default: monophone the model's excerpt, soundscape 5)")
     p.add_argument("--hop-s", type=float, default=None,
                    help="hop between windows (default: monophone the model's eval hop, soundscape the window)")
-    p.add_argument("--engine", default=lib("birdnet_tf.infer.submit:submit", "engine"), choices=["whole", "sliding"],
+    p.add_argument("--engine", default=lib("birdnet_tf.infer.submit.submit", "engine"), choices=["whole", "sliding"],
                    help="whole: the network runs once per recording; sliding: each window on its own "
                         "(default: %(default)s)")
     p.add_argument("--drop-class", action="append", default=None, metavar="LABEL",
@@ -572,13 +572,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL_DIR",
                    help="an export folder, a TF Serving base path (NAME/VERSION/ folders; the highest is served) "
                         "or a TF Serving models.config file")
-    p.add_argument("--host", default=lib("birdnet_tf.serve:run_server", "host"),
+    p.add_argument("--host", default=lib("birdnet_tf.serve.run_server", "host"),
                    help="address to listen on (default: %(default)s; 0.0.0.0: all)")
-    p.add_argument("--port", type=int, default=lib("birdnet_tf.serve:run_server", "port"),
+    p.add_argument("--port", type=int, default=lib("birdnet_tf.serve.run_server", "port"),
                    help="REST port (default: %(default)s, as TF Serving)")
     p.add_argument("--grpc-port", type=int, default=None, help="also serve gRPC on this port (TF Serving: 8500)")
     p.add_argument("--model-name", default=None, help="name of a single model (default: its folder name)")
-    p.add_argument("--max-body-mb", type=float, default=lib("birdnet_tf.serve:run_server", "max_body_mb"),
+    p.add_argument("--max-body-mb", type=float, default=lib("birdnet_tf.serve.run_server", "max_body_mb"),
                    help="largest request body accepted, in MB (default: %(default)s; larger: HTTP 413)")
     p.add_argument("--workers", type=int, default=None, help="inference threads (default: CPU count, at most 4)")
     p.set_defaults(func=cmd_serve)
@@ -645,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labels", metavar="LABELS", default=None,
                    help="the species to map BirdNET onto: a labels file, a run folder, an export or a dataset "
                         "(default: DATA's own labels); DATA is then scanned for audio files")
-    t.add_argument("--overlap-s", type=float, default=lib("birdnet_tf.distill.birdnet_teacher:teacher_birdnet", "overlap_s"),
+    t.add_argument("--overlap-s", type=float, default=lib("birdnet_tf.distill.birdnet_teacher.teacher_birdnet", "overlap_s"),
                    help="overlap of consecutive 3-s windows in seconds (default: %(default)s)")
     t.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="BirdNET inference processes (default: %(default)s)")
