@@ -182,7 +182,11 @@ def trained_synthetic(tmp_path_factory):
             ("train", ["train", "--data", str(ns.prepared), "--out", str(ns.run), *tiny_set_args()]),
             ("export", ["export", str(ns.run), "--out", str(ns.export)]),
         ]:
-            ns.steps[name] = run_cli(argv)
+            if name == "prepare":  # the 16-kHz sources are below the model's rate: prepare says so, once per file
+                with pytest.warns(UserWarning, match="recorded at 16000 Hz, below the target 22050 Hz"):
+                    ns.steps[name] = run_cli(argv)
+            else:
+                ns.steps[name] = run_cli(argv)
             rc, out, err = ns.steps[name]
             assert rc == 0, f"{name} failed with {rc}:\n{out[-3000:]}\n{err[-3000:]}"
     return ns
