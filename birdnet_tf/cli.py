@@ -15,7 +15,40 @@ from pathlib import Path
 from birdnet_tf import __version__
 from birdnet_tf.errors import BirdnetError, about
 
-DEFAULT_RECIPE = "pipelines/default.yaml"
+class LibraryDefault:
+    """The default of an option whose value the library owns: parameter ``name`` of the function
+    (or dataclass field) ``target`` = ``"package.module.attribute"``.
+
+    ``--help`` shows the library's value (``%(default)s``; the module is imported only then), and
+    an option left out is not passed on (:func:`given`), so the library's own default applies:
+    the CLI never repeats a default that could drift.
+    """
+
+    def __init__(self, target: str, name: str):
+        self.target, self.name = target, name
+
+    def value(self):
+        import dataclasses
+        import importlib
+        import inspect
+
+        module, attribute = self.target.rsplit(".", 1)
+        obj = getattr(importlib.import_module(module), attribute)
+        if dataclasses.is_dataclass(obj):
+            return next(f.default for f in dataclasses.fields(obj) if f.name == self.name)
+        return inspect.signature(obj).parameters[self.name].default
+
+    def __str__(self) -> str:
+        value = self.value()
+        return " ".join(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def given(args, *names: str, **renamed: str) -> dict:
+    """Keyword arguments of the options the user gave: ``names`` (parameter = option dest) and
+    ``renamed`` (parameter=dest); options left at a :class:`LibraryDefault` are left out."""
+    pairs = [(n, n) for n in names] + list(renamed.items())
+    return {param: getattr(args, dest) for param, dest in pairs
+            if not isinstance(getattr(args, dest), LibraryDefault)}
 
 
 def _quiet_tensorflow() -> None:
@@ -49,8 +82,8 @@ def cmd_prepare(args) -> int:
 def cmd_sort(args) -> int:
     from birdnet_tf.data.sort import read_class_list, sort_dataset
 
-    options = {name: getattr(args, name) for name in ("mode", "val_fraction", "seed", "max_classes", "min_files",
-                                                       "max_files", "oversample_to") if getattr(args, name) is not None}
+    options = {name: value for name, value in given(args, "mode", "val_fraction", "seed", "max_classes", "min_files",
+                                                    "max_files", "oversample_to").items() if value is not None}
     if args.classes is not None:
         options["classes"] = read_class_list(args.classes)
     result = sort_dataset(args.source, args.out, progress=not args.no_progress, log=_log, **options)
@@ -66,7 +99,7 @@ def cmd_extract(args) -> int:
 
     cfg = _config(args)
     result = extract(args.source, args.out, cfg.chunks, workers=args.workers, progress=not args.no_progress,
-                     seed=args.seed, log=_log)
+                     log=_log, **given(args, "seed"))
     return 1 if result.failed and args.strict else 0
 
 
@@ -93,9 +126,8 @@ def cmd_tune(args) -> int:
     set_distributed_env(args.chief, args.worker)
     cfg = _config(args)
     settings = SearchSettings(recipe=cfg, space=load_space(args.space, cfg), data_dir=Path(args.data),
-                              out_dir=Path(args.out), tuner=args.tuner, max_trials=args.max_trials, folds=args.folds,
-                              objective=args.objective, seed=args.seed, max_minutes=args.max_minutes,
-                              cache_dir=args.cache, workers=args.workers)
+                              out_dir=Path(args.out), cache_dir=args.cache, workers=args.workers,
+                              **given(args, "tuner", "max_trials", "folds", "objective", "seed", "max_minutes"))
     run_search(settings, log=_log)
     return 0
 
@@ -120,8 +152,8 @@ def cmd_evaluate(args) -> int:
     _quiet_tensorflow()
     from birdnet_tf.evaluate.run import evaluate_run
 
-    evaluate_run(args.run_dir, split=args.split, pooling=args.pooling, model_file=args.model,
-                 out_dir=args.out, log=_log, force=args.force)
+    evaluate_run(args.run_dir, pooling=args.pooling, out_dir=args.out, log=_log, force=args.force,
+                 **given(args, "split", model_file="model"))
     return 0
 
 
@@ -129,8 +161,8 @@ def cmd_export(args) -> int:
     _quiet_tensorflow()
     from birdnet_tf.export import export_run
 
-    export_run(args.run_dir, args.out, model_file=args.model, force=args.force, window_s=args.window_s,
-               hop_s=args.hop_s, log=_log)
+    export_run(args.run_dir, args.out, force=args.force, window_s=args.window_s, hop_s=args.hop_s, log=_log,
+               **given(args, model_file="model"))
     return 0
 
 
@@ -138,7 +170,8 @@ def cmd_tflite(args) -> int:
     from birdnet_tf.tflite import check_audio_only, check_outputs, validation_audio
 
     check_audio_only(args.run_dir)  # a metadata run is refused before any work is done
-    check_outputs(args.out, args.quantization, args.force)
+    quantizations = args.quantization.value() if isinstance(args.quantization, LibraryDefault) else args.quantization
+    check_outputs(args.out, quantizations, args.force)
     check = args.check
     if not check:
         check = validation_audio(args.run_dir)
@@ -148,7 +181,7 @@ def cmd_tflite(args) -> int:
     _quiet_tensorflow()
     from birdnet_tf.tflite import export_tflite
 
-    export_tflite(args.run_dir, args.out, args.quantization, window_s=args.window_s, check_audio=check,
+    export_tflite(args.run_dir, args.out, quantizations, window_s=args.window_s, check_audio=check,
                   force=args.force, reference=args.reference, log=_log)
     return 0
 
@@ -185,11 +218,11 @@ def cmd_predict(args) -> int:
     if not inputs:
         raise BirdnetError("no audio inputs given")
     table, failures = predict(args.model, inputs, window_s=args.window_s, hop_s=args.hop_s,
-                              pooling=args.pooling, batch_size=args.batch_size, engine=args.engine,
-                              progress=not args.no_progress, log=_log, model=remote, metadata=args.metadata)
+                              pooling=args.pooling, progress=not args.no_progress, log=_log, model=remote,
+                              metadata=args.metadata, **given(args, "batch_size", "engine"))
     labels = list(table.columns[3:])
     class_ids = _class_ids(args, labels)
-    written = write_output(table, labels, args.out, args.format, min_score=args.min_score,
+    written = write_output(table, labels, args.out, args.format, **given(args, "min_score"),
                            thresholds=args.thresholds, include=args.include, exclude=args.exclude,
                            merge_gap_s=args.merge_gap_s, class_ids=class_ids,
                            sample_rate_hz=table.attrs.get("sample_rate_hz"), force=args.force)
@@ -232,8 +265,8 @@ def cmd_submit(args) -> int:
 
     submit(args.task, args.models, args.audio, args.out, metadata=args.metadata, class_ids=args.class_ids,
            pooling=args.pooling, window_s=args.window_s, hop_s=args.hop_s, max_windows=args.max_windows,
-           drop_classes=DEFAULT_DROP_CLASSES if args.drop_class is None else args.drop_class, engine=args.engine,
-           force=args.force, log=_log, progress=not args.no_progress, weights=args.weights)
+           drop_classes=DEFAULT_DROP_CLASSES if args.drop_class is None else args.drop_class,
+           force=args.force, log=_log, progress=not args.no_progress, weights=args.weights, **given(args, "engine"))
     return 0
 
 
@@ -241,8 +274,8 @@ def cmd_serve(args) -> int:
     _quiet_tensorflow()
     from birdnet_tf.serve import run_server
 
-    run_server(args.model_dir, host=args.host, port=args.port, grpc_port=args.grpc_port,
-               model_name=args.model_name, max_body_mb=args.max_body_mb, workers=args.workers, log=_log)
+    run_server(args.model_dir, grpc_port=args.grpc_port, model_name=args.model_name, workers=args.workers, log=_log,
+               **given(args, "host", "port", "max_body_mb"))
     return 0
 
 
@@ -254,20 +287,20 @@ def cmd_ensemble(args) -> int:
 
     if args.weights:
         apply_weights(args.sources, args.weights, args.out, targets=args.targets, audio=args.audio,
-                      split=args.split, force=args.force, log=_log)
+                      force=args.force, log=_log, **given(args, "split"))
         return 0
     if args.targets is None:
         raise BirdnetError("--targets RUN_DIR_OR_DATASET is needed to fit weights (or give --weights FILE)")
-    fit_ensemble(args.sources, args.targets, args.out, method=args.method, trials=args.trials, steps=args.steps,
-                 seed=args.seed, audio=args.audio, split=args.split, force=args.force, log=_log)
+    fit_ensemble(args.sources, args.targets, args.out, audio=args.audio, force=args.force, log=_log,
+                 **given(args, "method", "trials", "steps", "seed", "split"))
     return 0
 
 
 def cmd_queue(args) -> int:
     from birdnet_tf.train.queue import format_summary, run_worker
 
-    summary = run_worker(args.jobs_file, args.workdir, gpu=args.gpu, once=args.once, retries=args.retries,
-                         heartbeat_s=args.heartbeat_s, stale_after_s=args.stale_after_s, wait=args.wait, log=_log)
+    summary = run_worker(args.jobs_file, args.workdir, gpu=args.gpu, once=args.once, wait=args.wait, log=_log,
+                         **given(args, "retries", "heartbeat_s", "stale_after_s"))
     _log(format_summary(summary))
     return 1 if summary["failed"] else 0
 
@@ -275,18 +308,34 @@ def cmd_queue(args) -> int:
 def cmd_teacher(args) -> int:
     from birdnet_tf.distill.birdnet_teacher import teacher_birdnet
 
-    teacher_birdnet(args.data, args.out, labels=args.labels, overlap_s=args.overlap_s, workers=args.workers, env=args.birdnet_env,
+    teacher_birdnet(args.data, args.out, labels=args.labels, workers=args.workers, env=args.birdnet_env,
                     setup=args.setup, all_species=args.all_species, force=args.force,
-                    progress=not args.no_progress, log=_log)
+                    progress=not args.no_progress, log=_log, **given(args, "overlap_s"))
     return 0
 
 
 def cmd_config(args) -> int:
     import yaml
 
-    cfg = _config(args)
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-    return 0
+    from birdnet_tf.config import load_config
+
+    if args.check is None:
+        cfg = _config(args)
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    recipe = args.check or args.config
+    cfg = load_config(recipe, args.set)
+    from birdnet_tf.recipe_check import check_config
+
+    problems = check_config(cfg)
+    name = recipe or "the defaults"
+    if not problems:
+        _log(f"{name}: no problems found")
+        return 0
+    print(f"birdnet-tf: error: {name}: {len(problems)} problem(s):", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,9 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe = argparse.ArgumentParser(add_help=False)
     recipe.add_argument("--config", metavar="RECIPE", default=None,
-                        help="YAML/JSON recipe (default: the built-in defaults = pipelines/default.yaml)")
+                        help="YAML/JSON recipe file, or the name of a packaged recipe (e.g. ofai2018_audio; see "
+                             "birdnet_tf/recipes/) (default: the built-in defaults = recipe 'default')")
     recipe.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[],
                         help="override one setting, e.g. --set train.epochs=5 (repeatable; wins over the recipe)")
+    def lib(target: str, name: str) -> LibraryDefault:
+        return LibraryDefault(target, name)
+
+    sort_fn, ensemble_fn = "birdnet_tf.data.sort.sort_dataset", "birdnet_tf.infer.ensemble.fit_ensemble"
+    search, queue_fn = "birdnet_tf.tune.search.SearchSettings", "birdnet_tf.train.queue.run_worker"
     workers = argparse.ArgumentParser(add_help=False)
     workers.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                          help="processes for decoding audio (default: %(default)s)")
@@ -317,15 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sort recordings into train/ and val/ class folders (the 2018 baseline's split)")
     p.add_argument("source", help="BirdCLEF XML folder (one <Audio> XML per recording), or any dataset folder")
     p.add_argument("--out", required=True, help="new folder to write (refused if it exists and is not empty)")
-    p.add_argument("--mode", choices=["copy", "move", "symlink"], default=None,
-                   help="how audio gets there (default: copy; move puts files back if the sort fails)")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help="share of each class for validation, at least 1 file (default: 0.1)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the per-class shuffles (default: 1337)")
+    p.add_argument("--mode", choices=["copy", "move", "symlink"], default=lib(sort_fn, "mode"),
+                   help="how audio gets there (default: %(default)s; move puts files back if the sort fails)")
+    p.add_argument("--val-fraction", type=float, default=lib(sort_fn, "val_fraction"),
+                   help="share of each class for validation, at least 1 file unless the class has only one "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=lib(sort_fn, "seed"),
+                   help="seed of the per-class shuffles (default: %(default)s)")
     p.add_argument("--classes", metavar="FILE_OR_LIST", default=None,
                    help="only these classes: a file with one label or class id per line, or a comma list")
     p.add_argument("--max-classes", type=int, default=None, help="keep the N classes with the most files")
-    p.add_argument("--min-files", type=int, default=None, help="drop classes with fewer files (default: 1)")
+    p.add_argument("--min-files", type=int, default=lib(sort_fn, "min_files"),
+                   help="drop classes with fewer files (default: %(default)s)")
     p.add_argument("--max-files", type=int, default=None, help="use at most N files per class (random)")
     p.add_argument("--oversample-to", type=int, default=None,
                    help="repeat training files of smaller classes up to N files (<stem>_dupN copies)")
@@ -337,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="output folder: <split>/<label>/*.png, noise/*.png, chunks.csv (resumable; settings "
                         "from the recipe's chunks section, e.g. --set chunks.overlap_s=0.5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the choice of noise chunks (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=lib("birdnet_tf.data.extract.extract", "seed"),
+                   help="seed of the choice of noise chunks (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any file failed")
     p.set_defaults(func=cmd_extract)
 
@@ -360,16 +419,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder, raw or prepared")
     p.add_argument("--out", required=True, metavar="TUNE_DIR",
                    help="search folder (created; the same command continues the search in it)")
-    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default="random")
-    p.add_argument("--max-trials", type=int, default=10, help="trials in all (default: %(default)s)")
-    p.add_argument("--folds", type=int, default=1,
+    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband"], default=lib(search, "tuner"),
+                   help="(default: %(default)s)")
+    p.add_argument("--max-trials", type=int, default=lib(search, "max_trials"),
+                   help="trials in all (default: %(default)s)")
+    p.add_argument("--folds", type=int, default=lib(search, "folds"),
                    help="K >= 2: score each trial by the mean over K recordist-grouped folds; "
-                        "1: the recipe's own split (default)")
-    p.add_argument("--objective", default="val_mlrap_bg", help="validation score to maximise (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the tuner and the folds (default: %(default)s)")
-    p.add_argument("--max-minutes", type=float, default=0.0,
+                        "1: the recipe's own split (default: %(default)s)")
+    p.add_argument("--objective", default=lib(search, "objective"),
+                   help="validation score to maximise (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=lib(search, "seed"),
+                   help="seed of the tuner and the folds (default: %(default)s)")
+    p.add_argument("--max-minutes", type=float, default=lib(search, "max_minutes"),
                    help="start no trial that would end after this many minutes, judged by the mean trial time "
-                        "so far (0: no limit)")
+                        "so far (0: no limit; default: %(default)s)")
     p.add_argument("--cache", default=None, help="folder to prepare raw audio into (as for train)")
     p.add_argument("--chief", metavar="HOST:PORT", default=None,
                    help="distributed search: without --worker, serve the oracle at HOST:PORT; with it, "
@@ -392,9 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics, report and plots of a run's model")
     p.add_argument("run_dir")
-    p.add_argument("--split", default="val", choices=["val", "train", "all"])
+    p.add_argument("--split", default=lib("birdnet_tf.evaluate.run.evaluate_run", "split"),
+                   choices=["val", "train", "all"], help="(default: %(default)s)")
     p.add_argument("--pooling", default=None, help="mean | max | logmeanexp[:a] | median (default: the run's)")
-    p.add_argument("--model", default="best.keras", help="model file in the run folder (default: %(default)s)")
+    p.add_argument("--model", default=lib("birdnet_tf.evaluate.run.evaluate_run", "model_file"),
+                   help="model file in the run folder (default: %(default)s)")
     p.add_argument("--out", default=None, help="report folder (default: RUN_DIR/eval)")
     p.add_argument("--force", action="store_true", help="replace an earlier report in --out")
     p.set_defaults(func=cmd_evaluate)
@@ -402,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a verified SavedModel (waveform in, scores out)")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="export folder, e.g. models/birdnet/1 for TF Serving")
-    p.add_argument("--model", default="best.keras", help="model file in the run folder (default: %(default)s)")
+    p.add_argument("--model", default=lib("birdnet_tf.export.export_run", "model_file"),
+                   help="model file in the run folder (default: %(default)s)")
     p.add_argument("--window-s", type=float, default=None,
                    help="window of the 'windows' signature (default: the model's excerpt, data.excerpt_s)")
     p.add_argument("--hop-s", type=float, default=None, help="hop of the 'windows' signature (default: --window-s)")
@@ -412,9 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tflite", help="write TFLite models (built-in ops only), verified against the SavedModel")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="folder for model_<quantization>.tflite/.json and labels.txt")
-    p.add_argument("--quantization", nargs="+", default=["float32", "float16", "int8"],
+    p.add_argument("--quantization", nargs="+", default=lib("birdnet_tf.tflite.export_tflite", "quantizations"),
                    choices=["float32", "float16", "int8"], metavar="Q",
-                   help="float32, float16 (float16 weights), int8 (dynamic range) (default: all three)")
+                   help="float32, float16 (float16 weights), int8 (dynamic range) (default: %(default)s)")
     p.add_argument("--window-s", type=float, default=None,
                    help="fixed input window in seconds (default: the model's excerpt, data.excerpt_s)")
     p.add_argument("--check", nargs="+", default=None, metavar="AUDIO_OR_DIR",
@@ -436,10 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-s", type=float, default=None, help="one row per window of this length")
     p.add_argument("--hop-s", type=float, default=None, help="hop between windows (default: --window-s)")
     p.add_argument("--pooling", default=None, help="per-file pooling of window scores (default: the model's)")
-    p.add_argument("--engine", default="whole", choices=["whole", "sliding"],
-                   help="whole: run the network once over each recording (default, fast, streams long files); "
-                        "sliding: score each window on its own through serving_default")
-    p.add_argument("--min-score", type=float, default=0.0, help="global minimum score of a detection")
+    p.add_argument("--engine", default=lib("birdnet_tf.infer.predict.predict", "engine"), choices=["whole", "sliding"],
+                   help="whole: run the network once over each recording (fast, streams long files); "
+                        "sliding: score each window on its own through serving_default (default: %(default)s)")
+    p.add_argument("--min-score", type=float, default=lib("birdnet_tf.infer.outputs.write_output", "min_score"),
+                   help="global minimum score of a detection (default: %(default)s)")
     p.add_argument("--thresholds", default=None, help="per-species minimum scores (CSV label,threshold)")
     p.add_argument("--include", default=None, help="only these species (file, one label per line)")
     p.add_argument("--exclude", default=None, help="never these species (file, one label per line)")
@@ -447,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge consecutive detections of a species at most this far apart (e.g. 0)")
     p.add_argument("--class-ids", default=None,
                    help="CSV label,class_id for BirdCLEF files (default: the export's labels.csv, else labels)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=lib("birdnet_tf.infer.predict.predict", "batch_size"),
+                   help="windows per model call (default: %(default)s)")
     p.add_argument("--server", default=None, metavar="URL",
                    help="score through TF Serving (or birdnet-tf serve) at URL, e.g. http://localhost:8501")
     p.add_argument("--model-name", default="birdnet", help="model name on the server (default: %(default)s)")
@@ -489,8 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="window length (default: monophone the model's excerpt, soundscape 5)")
     p.add_argument("--hop-s", type=float, default=None,
                    help="hop between windows (default: monophone the model's eval hop, soundscape the window)")
-    p.add_argument("--engine", default="whole", choices=["whole", "sliding"],
-                   help="whole: the network runs once per recording (default); sliding: each window on its own")
+    p.add_argument("--engine", default=lib("birdnet_tf.infer.submit.submit", "engine"), choices=["whole", "sliding"],
+                   help="whole: the network runs once per recording; sliding: each window on its own "
+                        "(default: %(default)s)")
     p.add_argument("--drop-class", action="append", default=None, metavar="LABEL",
                    help="class left out of the run file, case-insensitive (repeatable; default: noise); "
                         "other scores are not renormalised")
@@ -503,12 +572,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", metavar="MODEL_DIR",
                    help="an export folder, a TF Serving base path (NAME/VERSION/ folders; the highest is served) "
                         "or a TF Serving models.config file")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0: all)")
-    p.add_argument("--port", type=int, default=8501, help="REST port (default: %(default)s, as TF Serving)")
+    p.add_argument("--host", default=lib("birdnet_tf.serve.run_server", "host"),
+                   help="address to listen on (default: %(default)s; 0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=lib("birdnet_tf.serve.run_server", "port"),
+                   help="REST port (default: %(default)s, as TF Serving)")
     p.add_argument("--grpc-port", type=int, default=None, help="also serve gRPC on this port (TF Serving: 8500)")
     p.add_argument("--model-name", default=None, help="name of a single model (default: its folder name)")
-    p.add_argument("--max-body-mb", type=float, default=64.0,
-                   help="largest request body accepted, in MB (default: %(default)g; larger: HTTP 413)")
+    p.add_argument("--max-body-mb", type=float, default=lib("birdnet_tf.serve.run_server", "max_body_mb"),
+                   help="largest request body accepted, in MB (default: %(default)s; larger: HTTP 413)")
     p.add_argument("--workers", type=int, default=None, help="inference threads (default: CPU count, at most 4)")
     p.set_defaults(func=cmd_serve)
 
@@ -522,13 +593,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", default=None, metavar="RUN_DIR_OR_DATASET",
                    help="species of the files: a run folder (its split.csv) or a dataset folder")
     p.add_argument("--out", required=True, help="folder for weights.json and ensemble.csv")
-    p.add_argument("--method", default="greedy", choices=["greedy", "optuna", "random"],
-                   help="greedy: add the best model repeatedly, weights = counts (default); optuna: TPE; "
-                        "random: seeded Dirichlet samples + local refinement")
-    p.add_argument("--trials", type=int, default=1000, help="evaluations of optuna/random (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="most additions of greedy (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of optuna/random (default: %(default)s)")
-    p.add_argument("--split", default="val", choices=["val", "train", "all"],
+    p.add_argument("--method", default=lib(ensemble_fn, "method"), choices=["greedy", "optuna", "random"],
+                   help="greedy: add the best model repeatedly, weights = counts; optuna: TPE; "
+                        "random: seeded Dirichlet samples + local refinement (default: %(default)s)")
+    p.add_argument("--trials", type=int, default=lib(ensemble_fn, "trials"),
+                   help="evaluations of optuna/random (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=lib(ensemble_fn, "steps"),
+                   help="most additions of greedy (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=lib(ensemble_fn, "seed"),
+                   help="seed of optuna/random (default: %(default)s)")
+    p.add_argument("--split", default=lib(ensemble_fn, "split"), choices=["val", "train", "all"],
                    help="split of --targets (default: %(default)s; a dataset without a split column: all)")
     p.add_argument("--audio", action="append", default=None, metavar="AUDIO_OR_DIR",
                    help="audio the exports score (repeatable; default: the target files)")
@@ -547,11 +621,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="shared folder: WORKDIR/NAME/{lock,done,failed,train.log,run}")
     p.add_argument("--gpu", default=None, metavar="ID", help="CUDA_VISIBLE_DEVICES of this worker's jobs")
     p.add_argument("--once", action="store_true", help="run at most one job")
-    p.add_argument("--retries", type=int, default=0, help="runs again of a failed job (default: %(default)s)")
+    p.add_argument("--retries", type=int, default=lib(queue_fn, "retries"),
+                   help="runs again of a failed job (default: %(default)s)")
     p.add_argument("--wait", action="store_true",
                    help="when the other jobs run elsewhere, keep waiting (and take over crashed ones)")
-    p.add_argument("--heartbeat-s", type=float, default=30.0, help="lock heartbeat interval (default: %(default)s)")
-    p.add_argument("--stale-after-s", type=float, default=300.0,
+    p.add_argument("--heartbeat-s", type=float, default=lib(queue_fn, "heartbeat_s"),
+                   help="lock heartbeat interval (default: %(default)s)")
+    p.add_argument("--stale-after-s", type=float, default=lib(queue_fn, "stale_after_s"),
                    help="take over a lock whose heartbeat is older (default: %(default)s)")
     p.set_defaults(func=cmd_queue)
 
@@ -569,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labels", metavar="LABELS", default=None,
                    help="the species to map BirdNET onto: a labels file, a run folder, an export or a dataset "
                         "(default: DATA's own labels); DATA is then scanned for audio files")
-    t.add_argument("--overlap-s", type=float, default=0.0,
+    t.add_argument("--overlap-s", type=float, default=lib("birdnet_tf.distill.birdnet_teacher.teacher_birdnet", "overlap_s"),
                    help="overlap of consecutive 3-s windows in seconds (default: %(default)s)")
     t.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="BirdNET inference processes (default: %(default)s)")
@@ -583,7 +659,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a table this command wrote with other settings (resuming needs no --force)")
     t.set_defaults(func=cmd_teacher)
 
-    p = sub.add_parser("config", parents=[recipe], help="print the resolved config as YAML")
+    p = sub.add_parser("config", parents=[recipe], help="print the resolved config as YAML, or check a recipe")
+    p.add_argument("--check", nargs="?", const="", default=None, metavar="RECIPE",
+                   help="instead of printing, check RECIPE (default: --config's) for every problem between and "
+                        "within sections (sample rates, excerpt against the model's receptive field, teachers, "
+                        "...); exits with status 2 if any is found")
     p.set_defaults(func=cmd_config)
     return parser
 

@@ -1,8 +1,9 @@
 """Frozen, typed configuration: one dataclass per stage, one :class:`Config` for a run.
 
-Every default lives here and only here. A recipe (YAML or JSON under ``pipelines/``)
-overrides any subset of fields; command-line ``section.field=value`` overrides win
-over the recipe. The full resolved config is saved as ``config.json`` beside every
+Every default lives here and only here. A recipe (YAML or JSON; the shipped ones live in
+``birdnet_tf/recipes/`` and are found by name) overrides any subset of fields, and may
+name a ``base`` recipe whose settings it inherits (:func:`read_recipe`); command-line
+``section.field=value`` overrides win over the recipe. The full resolved config is saved as ``config.json`` beside every
 artefact (run folder, export), together with the package version.
 
 Units are in the field names (``_hz``, ``_s``, ``_db``); derived values are properties.
@@ -342,6 +343,15 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+def split_kind(spec: Any) -> tuple[str, str | None]:
+    """The one parser of ``kind:param`` settings (``model.temporal_pooling``, ``data.file_pooling``,
+    ``train.loss``, ...): ``"logmeanexp:2"`` → ``("logmeanexp", "2")``, ``"max"`` → ``("max", None)``,
+    ``"ce_bgtopk:"`` → ``("ce_bgtopk", "")``. Surrounding whitespace is dropped; each caller checks
+    the kind and converts the parameter."""
+    kind, sep, param = str(spec).strip().partition(":")
+    return kind.strip(), (param.strip() if sep else None)
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["train.epochs=3", "data.seed=1"]`` → ``{"train.epochs": "3", ...}`` (values coerced later)."""
     out = {}
@@ -353,28 +363,105 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+#: The recipes shipped inside the package; ``--config NAME`` finds them by name
+#: (``pipelines/`` holds links to them for browsing a source checkout).
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+#: File endings of recipes: YAML, or JSON (a subset of YAML).
+RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes (``--config NAME``), sorted."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def find_recipe(name: str | os.PathLike, child: Path | None = None) -> Path:
+    """The recipe file ``name`` means: a path (for a ``base``, relative to the ``child`` recipe's
+    folder; ``.yaml`` may be left off), else a packaged recipe by bare name, with or without ``.yaml``.
+
+    Raises:
+        ConfigError: Neither exists (names the packaged recipes).
+    """
+    p = Path(name).expanduser()
+    candidate = child.parent / p if child is not None and not p.is_absolute() else p
+    for c in (candidate, candidate.with_name(f"{candidate.name}.yaml")):
+        if c.is_file():
+            return c
+    if len(p.parts) == 1:  # a bare name may be a packaged recipe
+        packaged = RECIPES_DIR / (p.name if p.suffix.lower() in RECIPE_SUFFIXES else f"{p.name}.yaml")
+        if packaged.is_file():
+            return packaged
+    known = f"packaged recipes: {', '.join(recipe_names())}"
+    if child is not None:
+        raise ConfigError(f"{child}: base recipe '{name}' does not exist (looked for {candidate}; {known})")
+    raise ConfigError(f"{p}: recipe file does not exist ({known})")
+
+
+def merge_recipes(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: mappings merge key by key, recursively; any other value, a list
+    included, replaces the base's value whole (``hidden: [64]`` does not extend ``[256, 512]``)."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_recipes(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_mapping(p: Path) -> dict[str, Any]:
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - any parser error becomes one clear message
+        raise ConfigError(f"{p}: cannot parse recipe: {e}") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a recipe must be a mapping of sections (audio, data, model, train, ...) "
+                          f"to settings, not a {type(data).__name__}")
+    return data
+
+
+def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
+    """A recipe's settings as nested dicts, its ``base`` (and the base's base ...) merged under it
+    by :func:`merge_recipes`. ``description`` is the recipe's own; ``base`` is consumed.
+
+    Raises:
+        ConfigError: A missing or unreadable recipe or base, or bases that inherit in a loop.
+    """
+    return _inherit(find_recipe(path), ())
+
+
+def _inherit(p: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    key = p.resolve()
+    if key in chain:
+        loop = " -> ".join(c.name for c in (*chain[chain.index(key):], key))
+        raise ConfigError(f"{p}: recipes inherit in a loop ({loop})")
+    data = _read_mapping(p)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{p}: base must name one recipe (a file or a packaged name), not {base!r}")
+    parent = _inherit(find_recipe(base.strip(), child=p), (*chain, key))
+    parent.pop("description", None)
+    return merge_recipes(parent, data)
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Loads a YAML/JSON recipe (or the defaults when ``path`` is None) and applies overrides."""
+    """Loads a YAML/JSON recipe (a file, or a packaged recipe by name; the defaults when ``path``
+    is None), with its ``base`` recipes merged under it, and applies overrides."""
     if path is None:
         cfg = Config()
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: recipe file does not exist")
-        text = p.read_text(encoding="utf-8")
-        try:
-            if p.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except Exception as e:  # noqa: BLE001 - any parser error becomes one clear message
-            raise ConfigError(f"{p}: cannot parse recipe: {e}") from None
-        data = data or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: a recipe must be a mapping of sections (audio, data, model, train, ...) "
-                              f"to settings, not a {type(data).__name__}")
+        p = find_recipe(path)
+        data = read_recipe(p)
         data.pop("description", None)
         cfg = Config.from_dict(data, str(p))
     return cfg.replace(overrides or [], "command line")

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import tone
+
 from birdnet_tf.data import audio as audio_mod
 from birdnet_tf.data.audio import (
     AUDIO_EXTENSIONS,
@@ -20,12 +22,6 @@ from birdnet_tf.data.audio import (
 from birdnet_tf.errors import AudioDecodeError, BirdnetError
 
 XC_DIR = Path("/work/shared/data/xc-pr20")
-
-
-def tone(freq_hz: float, rate_hz: int, duration_s: float, amp: float = 0.5) -> np.ndarray:
-    """A sine of shape (n_samples,), float64."""
-    t = np.arange(int(round(rate_hz * duration_s))) / rate_hz
-    return amp * np.sin(2 * np.pi * freq_hz * t)
 
 
 def peak_freq_hz(x: np.ndarray, rate_hz: int) -> float:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from conftest import SYNTH_RATE_HZ, synth_signal, tiny_set_args
+from conftest import SYNTH_RATE_HZ, synth_signal, tiny_set_args, tone
 
 from birdnet_tf.cli import main
 from birdnet_tf.data.catalog import CatalogWarning
@@ -19,11 +19,6 @@ from birdnet_tf.data.labels import LabelSet, UnknownLabelError, encode_targets, 
 from birdnet_tf.errors import CatalogError
 
 ERROR = "birdnet-tf: error: "
-
-
-def tone(freq_hz: float, rate_hz: int, seconds: float) -> np.ndarray:
-    t = np.arange(int(rate_hz * seconds)) / rate_hz
-    return 0.4 * np.sin(2 * np.pi * freq_hz * t)
 
 
 def one_error_line(err: str) -> str:

@@ -5,21 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-librosa = pytest.importorskip("librosa")
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
+
+from conftest import tiny_cfg as shared_tiny_cfg  # noqa: E402
 
 from birdnet_tf.config import Config  # noqa: E402
 from birdnet_tf.errors import BirdnetError, ConfigError  # noqa: E402
 from birdnet_tf.frontend import PCEN, MagnitudeScaling, MelSpectrogram, frontend_layers  # noqa: E402
 
 SR = 22050
-TINY = ["model.dense_units=16", "model.width=0.25", "model.dropout=0.0", "data.excerpt_s=2.0"]
 FRONTEND_LAYERS = ("mel", "magnitude")
 
 
 def tiny_cfg(*settings: str) -> Config:
-    return Config().replace([*TINY, *settings])
+    return shared_tiny_cfg("model.dropout=0.0", *settings)
 
 
 def noise(seconds: float = 2.0, seed: int = 0, batch: int = 2) -> np.ndarray:
@@ -35,7 +35,7 @@ def frontend_vars(model) -> list:
 
 # ---------------------------------------------------------------- filterbank
 @pytest.mark.parametrize(("n_fft", "n_mels", "fmin", "fmax"), [(1024, 80, 150.0, 10000.0), (2048, 128, 50.0, 11025.0)])
-def test_fixed_mel_bank_matches_librosa_and_learnable_starts_exactly_there(n_fft, n_mels, fmin, fmax):
+def test_fixed_mel_bank_matches_librosa_and_learnable_starts_exactly_there(n_fft, n_mels, fmin, fmax, librosa):
     fixed = MelSpectrogram(SR, n_fft, 315, n_mels, fmin, fmax)
     ref = librosa.filters.mel(sr=SR, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=True, norm=None).T
     ours = fixed.mel_matrix.numpy()
@@ -86,7 +86,7 @@ def test_learnable_magnitudes_start_at_their_fixed_counterparts():
     assert np.isfinite(MagnitudeScaling("pow_learn")(np.zeros((1, 3, 80), np.float32)).numpy()).all()
 
 
-def test_pcen_matches_librosa_on_a_real_recording(xc_pr20):
+def test_pcen_matches_librosa_on_a_real_recording(xc_pr20, librosa):
     import pandas as pd
 
     from birdnet_tf.data.audio import load_audio

@@ -42,7 +42,7 @@ def test_meta_and_combined_recipes():
     meta, combined, audio = load_config(META), load_config(COMBINED), load_config(AUDIO)
     assert meta.metadata.use == "only" and tuple(meta.metadata.hidden) == (256, 512)
     assert combined.metadata.use == "combined"
-    # the combined recipe repeats the audio recipe's settings: they must not drift apart
+    # the combined recipe inherits the audio recipe (base: ofai2018_audio): only metadata differs
     for section in ("audio", "frontend", "data", "augment", "model", "train"):
         assert dataclasses.asdict(getattr(combined, section)) == dataclasses.asdict(getattr(audio, section)), section
     assert dataclasses.asdict(combined.metadata) == {**dataclasses.asdict(meta.metadata), "use": "combined"}

@@ -21,7 +21,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import TINY_SETTINGS  # noqa: E402
+from conftest import tiny_cfg  # noqa: E402
 
 from birdnet_tf.config import Config  # noqa: E402
 from birdnet_tf.errors import BirdnetError, ConfigError  # noqa: E402
@@ -169,10 +169,6 @@ def test_schedule_survives_save_and_load(tmp_path, schedule):
 
 
 # -------------------------------------------------------------- pretrained init
-def tiny_cfg(*settings: str) -> Config:
-    return Config().replace([*TINY_SETTINGS, *settings])
-
-
 @pytest.fixture(scope="module")
 def source_models(tmp_path_factory):
     """A tiny 5-class model saved as .keras and .weights.h5 (weights made distinctive)."""

@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import tone
+
 from birdnet_tf.data.audio import read_wav_header, write_wav16
 from birdnet_tf.data.prepare import MARKER_NAME, REPORT_NAME, PrepareResult, output_path_for, prepare
 from birdnet_tf.errors import BirdnetError
 
 RATE = 16000
-
-
-def tone(freq_hz: float, rate_hz: int, duration_s: float) -> np.ndarray:
-    t = np.arange(int(round(rate_hz * duration_s))) / rate_hz
-    return 0.5 * np.sin(2 * np.pi * freq_hz * t)
 
 
 @pytest.fixture

@@ -94,9 +94,7 @@ def test_bad_chunk_settings_are_named(setting, value, word):
 # ------------------------------------------------------------------ spectrograms
 
 
-def test_mel_filterbank_is_librosas_default():
-    import librosa
-
+def test_mel_filterbank_is_librosas_default(librosa):
     ref = librosa.filters.mel(sr=SR, n_fft=1024, n_mels=128, fmin=500.0, fmax=15000.0)
     fb = C.mel_filterbank(CFG)
     assert fb.shape == (513, 128)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from birdnet_tf.config import split_kind
 from birdnet_tf.errors import ConfigError
 
 POOLINGS: tuple[str, ...] = ("mean", "max", "logmeanexp", "median")
@@ -50,14 +51,14 @@ def parse_method(method: str, a: float = 1.0) -> tuple[str, float]:
         raise ConfigError(
             f"pooling method must be a string, got {method!r}; valid choices: {', '.join(POOLINGS)}"
         )
-    name, sep, param = method.strip().partition(":")
-    name = name.strip().lower()
+    name, param = split_kind(method)
+    name = name.lower()
     if name not in POOLINGS:
         raise ConfigError(
             f"unknown pooling method {method!r}; valid choices: {', '.join(POOLINGS)} "
             "(logmeanexp takes a parameter, e.g. 'logmeanexp:5')"
         )
-    if sep:
+    if param is not None:
         if name != "logmeanexp":
             raise ConfigError(
                 f"pooling method {method!r}: only 'logmeanexp' takes a parameter after ':'"
@@ -66,7 +67,7 @@ def parse_method(method: str, a: float = 1.0) -> tuple[str, float]:
             a = float(param)
         except ValueError:
             raise ConfigError(
-                f"pooling method {method!r}: parameter {param.strip()!r} is not a number"
+                f"pooling method {method!r}: parameter {param!r} is not a number"
             ) from None
     if name == "logmeanexp" and (not np.isfinite(a) or a == 0):
         raise ConfigError(

@@ -17,6 +17,8 @@ import math
 import keras
 import tensorflow as tf
 
+from birdnet_tf.config import split_kind
+
 PACKAGE = "birdnet_tf"
 
 #: Temporal pooling methods (``logmeanexp`` and ``attention`` take a parameter after ``:``).
@@ -36,7 +38,7 @@ def parse_pooling(method: str) -> tuple[str, float]:
     Raises:
         ValueError: Unknown method or bad parameter (names the method).
     """
-    kind, _, param = str(method).partition(":")
+    kind, param = split_kind(method)
     if kind not in POOLING_METHODS:
         raise ValueError(f"unknown temporal pooling '{method}'; choose max, mean, logmeanexp:a, noisy-or "
                          "or attention:K")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from birdnet_tf.config import Config
+from birdnet_tf.config import Config, split_kind
 from birdnet_tf.errors import BirdnetError
 
 
@@ -115,7 +115,7 @@ def split_model(model):
     front_out = magnitude.output
     body_in = model.get_layer("band_centering").output if center else front_out
     with_metadata = "combined_logits" in names
-    if with_metadata and model.get_layer("temporal_pooling").method.partition(":")[0] == "noisy-or":
+    if with_metadata and split_kind(model.get_layer("temporal_pooling").method)[0] == "noisy-or":
         raise BirdnetError("noisy-or pooling does not commute with the metadata network's bias, so a combined "
                            "audio + metadata model with it is scored window by window")
     wave_in = next((t for t in model.inputs if t.name.split(":")[0] == "waveform"), None) \

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from birdnet_tf.config import split_kind
 from birdnet_tf.errors import ConfigError
 
 #: Loss names (``ce_bgtopk`` takes ``:k``).
@@ -39,11 +40,11 @@ def parse_loss(name: str) -> tuple[str, int]:
     Raises:
         ConfigError: Unknown loss or bad ``k`` (names ``train.loss``).
     """
-    kind, sep, param = str(name).partition(":")
+    kind, param = split_kind(name)
     if kind not in LOSSES:
         raise ConfigError(f"train.loss must be cce, bce or ce_bgtopk:k, not '{name}'")
     if kind != "ce_bgtopk":
-        if sep:
+        if param is not None:
             raise ConfigError(f"train.loss '{kind}' takes no parameter, got '{name}'")
         return kind, 0
     try:
