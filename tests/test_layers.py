@@ -11,8 +11,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "birdnet_tf"
 #: What each checked layer may import from the package (besides itself).
 ALLOWED = {
-    "frontend": {"errors", "config", "fileio", ""},
-    "data": {"errors", "config", "fileio", "", "frontend"},
+    "frontend": {"errors", "config", "fileio", "grid", ""},
+    "data": {"errors", "config", "fileio", "grid", "", "frontend"},
 }
 
 
