@@ -214,7 +214,8 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
             (:mod:`birdnet_tf.infer.whole`); ``sliding`` — each window is cut from the
             decoded recording and scored through ``serving_default`` on its own.
         model: An already loaded model with the ``ExportedModel`` interface (e.g. a
-            :class:`~birdnet_tf.infer.remote.RemoteModel`); sliding windows only.
+            :class:`~birdnet_tf.infer.remote.RemoteModel`); sliding windows only, unless it has
+            a ``whole_model()`` giving its whole-recording engine (:class:`birdnet_tf.lite.LiteModel`).
         metadata: For an export with metadata input: a CSV path or table of the recordings'
             date, time and place (:func:`read_metadata_csv`, :func:`match_metadata`); files
             without a row, or all without it, are scored with all fields unknown (a warning
@@ -234,7 +235,7 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
         raise BirdnetError("--window-s and --hop-s must be positive")
     if model is None:
         model = ExportedModel(model_dir)
-    elif engine == "whole":
+    elif engine == "whole" and not hasattr(model, "whole_model"):
         engine = "sliding"  # a remote or custom model has no front/body halves here
     cfg = getattr(model, "config", None)
     pooling = pooling or (cfg.data.file_pooling if cfg is not None else "mean")
@@ -251,7 +252,7 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
     if engine == "whole":
         from birdnet_tf.infer.whole import WholeRecordingModel
 
-        whole = WholeRecordingModel.from_export(model)
+        whole = model.whole_model() if hasattr(model, "whole_model") else WholeRecordingModel.from_export(model)
         results = whole.score_files(files, window_s=window_s, hop_s=hop_s, file_pooling=pooling,
                                     progress=progress, log=log, metadata=features)
     else:
@@ -286,7 +287,7 @@ def _sliding(model, files, window_s, hop_s, pooling, batch_size, progress, log, 
     from tqdm.auto import tqdm
 
     from birdnet_tf.data.audio import load_audio
-    from birdnet_tf.data.pipeline import window_starts
+    from birdnet_tf.data.windows import window_starts
     from birdnet_tf.errors import AudioDecodeError
     from birdnet_tf.evaluate.pooling import pool
 

@@ -122,10 +122,10 @@ def monophone_starts(n_samples: int, window: int, hop: int, max_windows: int | N
     """Start samples of a monophone recording's windows, ``int64 [windows]``.
 
     Windows of ``window`` samples every ``hop`` (the last aligned to the end), at most
-    ``max_windows`` spread evenly (:func:`birdnet_tf.data.pipeline.window_starts`); a
+    ``max_windows`` spread evenly (:func:`birdnet_tf.data.windows.window_starts`); a
     recording shorter than a window gets one (looped when scored).
     """
-    from birdnet_tf.data.pipeline import window_starts
+    from birdnet_tf.data.windows import window_starts
 
     return window_starts(int(n_samples), int(window), int(hop), max_windows)
 

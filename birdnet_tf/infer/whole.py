@@ -621,7 +621,7 @@ class WholeRecordingModel:
             specs = [self.centre(spec) for _, spec, _ in group]  # in place
             for (index, _, n), logits in zip(group, self.step_logits(specs)):
                 if per_file:
-                    from birdnet_tf.data.pipeline import window_starts
+                    from birdnet_tf.data.windows import window_starts
 
                     starts = window_starts(n, window, hop)
                 else:
