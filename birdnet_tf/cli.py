@@ -17,6 +17,10 @@ from birdnet_tf.errors import BirdnetError, about
 
 DEFAULT_RECIPE = "pipelines/default.yaml"
 
+#: Top-level modules of the ``train`` extra: a command that needs one fails with an install hint without it.
+TRAIN_MODULES = {"tensorflow", "keras", "matplotlib", "tensorboard", "cv2", "aiohttp", "tensorflow_serving",
+                 "keras_tuner", "google"}
+
 
 def _quiet_tensorflow() -> None:
     """Imports TensorFlow without its CPU-only start-up chatter (real errors still show)."""
@@ -608,6 +612,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except BirdnetError as e:
         print(f"birdnet-tf: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAIN_MODULES:
+            raise
+        print(f"birdnet-tf: error: '{args.command}' needs {e.name}, which the TensorFlow-free install lacks "
+              "(it only runs 'predict' on a 'birdnet-tf tflite' folder); install the full package: "
+              "pip install 'birdnet-tf[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("birdnet-tf: interrupted; run the same command again to resume", file=sys.stderr)

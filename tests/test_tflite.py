@@ -235,8 +235,8 @@ def test_a_quantization_failing_verification_is_not_written(trained_synthetic, t
     with pytest.raises(BirdnetError, match=r"1 quantization\(s\) failed verification; written: float32"):
         export_tflite(trained_synthetic.run, out, ["float32", "int8"], reference=trained_synthetic.export,
                       log=logs.append)
-    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "labels.txt", "model_float32.json",
-                                                    "model_float32.tflite"]
+    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "body_float32.tflite", "front_float32.tflite",
+                                                    "labels.txt", "model_float32.json", "model_float32.tflite"]
     assert any("model_int8.tflite: verification FAILED, not written" in line for line in logs)
 
 
@@ -309,8 +309,8 @@ def test_cli_default_verifies_on_the_runs_validation_files(trained_synthetic, tm
     n_val = int((pd.read_csv(trained_synthetic.run / "split.csv")["split"] == "val").sum())
     assert f"run's {n_val} validation recording(s)" in stdout
     assert "model_float32.tflite" in stdout and "max |Δscore|" in stdout
-    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "labels.txt", "model_float32.json",
-                                                    "model_float32.tflite"]
+    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "body_float32.tflite", "front_float32.tflite",
+                                                    "labels.txt", "model_float32.json", "model_float32.tflite"]
     meta = json.loads((out / "model_float32.json").read_text())
     assert meta["verification"]["recordings"] == n_val
     assert meta["verification"]["reference"] == "temporary SavedModel export of the run"
