@@ -315,3 +315,15 @@ def test_cli_default_verifies_on_the_runs_validation_files(trained_synthetic, tm
     assert meta["verification"]["recordings"] == n_val
     assert meta["verification"]["reference"] == "temporary SavedModel export of the run"
     assert meta["verification"]["max_abs_diff"] <= TOLERANCES["float32"]
+
+
+def test_every_quantization_gets_verified_whole_recording_halves(exported):
+    """float16 and int8 halves pass the same tolerances as their window models (LiteRT vs SavedModel engines)."""
+    for q in QUANTIZATIONS:
+        whole = json.loads((exported.out / f"model_{q}.json").read_text())["whole_recording"]
+        assert (exported.out / whole["front"]).is_file() and (exported.out / whole["body"]).is_file()
+        check = whole["verification"]
+        assert check["windows"] >= 10 and 0 <= check["max_abs_diff"] <= TOLERANCES[q]
+        assert check["top1_agreement"] >= 0.9
+    marker = json.loads((exported.out / TFLITE_MARKER).read_text())
+    assert {f"{h}_{q}.tflite" for h in ("front", "body") for q in QUANTIZATIONS} <= set(marker["files"])
