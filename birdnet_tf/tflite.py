@@ -6,6 +6,11 @@ Contract of one output (``model_<quantization>.tflite`` + ``model_<quantization>
     output  scores   float32 [1, classes] in labels order
     ops     TFLite built-ins only (no SELECT_TF_OPS / Flex, no custom ops, no resource variables)
 
+Beside each window model, the whole-recording halves ``front_<q>.tflite`` and
+``body_<q>.tflite`` (:func:`convert_whole`: fixed-size chunks and segments, named in the
+sidecar's ``whole_recording``), verified against the SavedModel's whole-recording engine
+(:func:`verify_whole`) and run without TensorFlow by :mod:`birdnet_tf.lite`.
+
 Audio-only runs only: a run trained with metadata (``metadata.use`` only / combined) is
 refused up front (:func:`check_audio_only`).
 
