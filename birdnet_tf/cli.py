@@ -50,6 +50,10 @@ def given(args, *names: str, **renamed: str) -> dict:
     return {param: getattr(args, dest) for param, dest in pairs
             if not isinstance(getattr(args, dest), LibraryDefault)}
 
+#: Top-level modules of the ``train`` extra: a command that needs one fails with an install hint without it.
+TRAIN_MODULES = {"tensorflow", "keras", "matplotlib", "tensorboard", "cv2", "aiohttp", "tensorflow_serving",
+                 "keras_tuner", "google"}
+
 
 def _quiet_tensorflow() -> None:
     """Imports TensorFlow without its CPU-only start-up chatter (real errors still show)."""
@@ -199,12 +203,17 @@ def cmd_predict(args) -> int:
         raise BirdnetError("--hop-s needs --window-s (per-file scores use the model's own windows)")
     if args.model is None and args.server is None:
         raise BirdnetError("give an exported MODEL folder, or --server URL for a model behind TF Serving")
-    _quiet_tensorflow()
+    from birdnet_tf.lite import LiteModel, is_tflite_folder
+
+    remote = None
+    if args.model is not None and not args.server and is_tflite_folder(args.model):
+        remote = LiteModel(args.model)  # a birdnet-tf tflite folder: LiteRT only, TensorFlow is never imported
+    else:
+        _quiet_tensorflow()
     from birdnet_tf.infer.outputs import write_output
     from birdnet_tf.infer.predict import predict
 
     inputs = args.inputs
-    remote = None
     if args.server:
         from birdnet_tf.infer.remote import RemoteModel
 
@@ -495,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="formats: csv (wide scores), detections-csv, json, raven (folder of selection "
                               "tables), audacity (folder of label tracks),\n         birdclef-monophone, "
                               "birdclef-soundscape (use --window-s 5 for soundscapes)")
-    p.add_argument("model", nargs="?", help="exported model folder (from birdnet-tf export); omit with --server")
+    p.add_argument("model", nargs="?", help="exported model folder (from birdnet-tf export), or a folder from "
+                   "birdnet-tf tflite (scored with LiteRT, no TensorFlow); omit with --server")
     p.add_argument("inputs", nargs="*", metavar="AUDIO_OR_DIR", help="audio files and/or folders")
     p.add_argument("--out", required=True, help="file (or folder for raven/audacity) to write")
     p.add_argument("--format", default="csv", help="output format (default: %(default)s; see below)")
@@ -682,6 +692,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except BirdnetError as e:
         print(f"birdnet-tf: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAIN_MODULES:
+            raise
+        print(f"birdnet-tf: error: '{args.command}' needs {e.name}, which the TensorFlow-free install lacks "
+              "(it only runs 'predict' on a 'birdnet-tf tflite' folder); install the full package: "
+              "pip install 'birdnet-tf[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("birdnet-tf: interrupted; run the same command again to resume", file=sys.stderr)

@@ -6,6 +6,11 @@ Contract of one output (``model_<quantization>.tflite`` + ``model_<quantization>
     output  scores   float32 [1, classes] in labels order
     ops     TFLite built-ins only (no SELECT_TF_OPS / Flex, no custom ops, no resource variables)
 
+Beside each window model, the whole-recording halves ``front_<q>.tflite`` and
+``body_<q>.tflite`` (:func:`convert_whole`: fixed-size chunks and segments, named in the
+sidecar's ``whole_recording``), verified against the SavedModel's whole-recording engine
+(:func:`verify_whole`) and run without TensorFlow by :mod:`birdnet_tf.lite`.
+
 Audio-only runs only: a run trained with metadata (``metadata.use`` only / combined) is
 refused up front (:func:`check_audio_only`).
 
@@ -39,7 +44,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
 import warnings
@@ -49,6 +53,7 @@ import numpy as np
 
 from birdnet_tf.errors import BirdnetError, about
 from birdnet_tf.fileio import refuse_parent_of_outputs
+from birdnet_tf.lite.runtime import TFLiteModel, sidecar_path  # noqa: F401 - public here too (moved)
 
 #: Supported quantizations, in the order they are written.
 QUANTIZATIONS = ("float32", "float16", "int8")
@@ -70,9 +75,6 @@ TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "int8": 0.1}
 
 #: TFLite operators that mean the variables were not frozen (LiteRT then returns NaN).
 _VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
-
-#: what LiteRT prints to fd 2 each time it loads a model on a CPU
-_LITERT_NOISE = re.compile(rb"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU")
 
 
 # ------------------------------------------------------------------ conversion
@@ -185,9 +187,6 @@ def convert(model_or_run, quantization: str = "float32", window_samples: int | N
         BirdnetError: Unknown quantization, a window shorter than the receptive field, or a
             model that cannot be converted with built-in ops.
     """
-    import keras
-    import tensorflow as tf
-
     if quantization not in QUANTIZATIONS:
         raise BirdnetError(f"unknown quantization '{quantization}'; choose from {', '.join(QUANTIZATIONS)}")
     if isinstance(model_or_run, (str, os.PathLike)):
@@ -212,14 +211,28 @@ def convert(model_or_run, quantization: str = "float32", window_samples: int | N
     if quantization != "float32" and safe_frontend:
         model = quantization_safe_model(model)
 
-    def serve(waveform):
-        return {"scores": model(waveform, training=False)}
+    import tensorflow as tf
+
+    return _flatbuffer(model, "scores", tf.TensorSpec([batch, window_samples], tf.float32, name="waveform"),
+                       quantization, "TFLite model")
+
+
+def _flatbuffer(model, output: str, spec, quantization: str, what: str) -> bytes:
+    """``model`` (one input, ``spec``) → a built-in-only flatbuffer with output ``output``.
+
+    Goes through :class:`keras.export.ExportArchive` and a temporary SavedModel (see the
+    module docstring: converting a concrete function leaves the variables unfrozen).
+    """
+    import keras
+    import tensorflow as tf
+
+    def serve(x):
+        return {output: model(x, training=False)}
 
     with tempfile.TemporaryDirectory(prefix="birdnet-tflite-") as tmp:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint("serving_default", serve,
-                             input_signature=[tf.TensorSpec([batch, window_samples], tf.float32, name="waveform")])
+        archive.add_endpoint("serving_default", serve, input_signature=[spec])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             archive.write_out(tmp, verbose=False)
@@ -238,125 +251,55 @@ def convert(model_or_run, quantization: str = "float32", window_samples: int | N
                           lines[0] if lines else type(e).__name__)
             raise BirdnetError(f"TFLite conversion ({quantization}) failed with built-in ops only: {reason[:300]}") \
                 from None
-    check_builtin_only(content, f"TFLite model ({quantization})")
+    check_builtin_only(content, f"{what} ({quantization})")
     return content
 
 
-# ------------------------------------------------------------------- inference
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """``model_x.tflite`` → ``model_x.json`` (the sidecar with labels, config and verification)."""
-    return Path(path).with_suffix(".json")
+#: Default audio per call of the whole-recording ``front`` flatbuffer, and per ``body`` segment.
+WHOLE_FRONT_S = 10.0
+WHOLE_SEGMENT_S = 10.0
 
 
-class TFLiteModel:
-    """A ``.tflite`` written by ``birdnet-tf tflite``, run with LiteRT: ``scores = m(waveforms)``.
+def convert_whole(model, cfg, quantization: str = "float32", front_s: float = WHOLE_FRONT_S,
+                  segment_s: float = WHOLE_SEGMENT_S, safe_frontend: bool = True) -> tuple[bytes, bytes, dict]:
+    """The whole-recording halves of a Keras model as fixed-size TFLite flatbuffers: ``(front, body, facts)``.
 
-    Attributes ``labels``, ``sample_rate_hz``, ``window_samples``, ``quantization``,
-    ``config`` and ``meta`` (the whole sidecar) come from the sidecar JSON next to the file.
+    ``front``: ``waveform float32 [1, front_samples]`` → ``frames [1, front_frames, bands]``
+    (pointwise in time, so a recording is framed in chunks, the last one zero-padded);
+    ``body``: ``frames float32 [batch, segment_frames, bands]`` (band-centred when
+    ``facts["center"]``) → ``logits [batch, segment_steps, classes]`` with a dynamic batch.
+    The halves are those of :func:`birdnet_tf.models.surgery.split_model` (the front in its
+    ``quantization_safe`` form for float16/int8); ``facts`` holds its facts, the step
+    geometry and the fixed sizes, as :class:`birdnet_tf.lite.LiteModel` reads them.
 
-    Args:
-        path: The ``.tflite`` file; its sidecar is ``<name>.json`` beside it.
-        num_threads: LiteRT CPU threads (default: LiteRT's choice).
-        content: The flatbuffer itself, when it is not (yet) on disk (``path`` then only names it).
-        meta: The sidecar's content, with ``content``.
+    Raises:
+        BirdnetError: A model that cannot be split (see ``split_model``) or converted.
     """
+    import tensorflow as tf
 
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, *, content: bytes | None = None,
-                 meta: dict | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+    from birdnet_tf.models.surgery import probe_geometry, split_model
 
-        from birdnet_tf.config import Config
-        from birdnet_tf.fileio import filtered_native_stderr
-
-        self.path = Path(path)
-        if content is None:
-            if not self.path.is_file():
-                raise BirdnetError(f"{self.path}: TFLite model file does not exist")
-            side = sidecar_path(self.path)
-            if not side.is_file():
-                raise BirdnetError(f"{self.path}: no sidecar {side.name} beside it (labels, sample rate); "
-                                   "write the model with 'birdnet-tf tflite RUN_DIR --out DIR'")
-            try:
-                meta = json.loads(side.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise BirdnetError(f"{side}: not valid JSON ({e})") from None
-            content = self.path.read_bytes()
-        if not isinstance(meta, dict) or not {"labels", "sample_rate_hz", "window_samples"} <= set(meta):
-            raise BirdnetError(f"{sidecar_path(self.path)}: sidecar lacks labels, sample_rate_hz or window_samples")
-        self.meta = meta
-        self.labels: list[str] = list(meta["labels"])
-        self.sample_rate_hz = int(meta["sample_rate_hz"])
-        self.window_samples = int(meta["window_samples"])
-        self.quantization: str = meta.get("quantization", "float32")
-        self.config = Config.from_dict(meta["config"], str(sidecar_path(self.path)), strict=False) \
-            if "config" in meta else None
-        try:
-            with filtered_native_stderr(_LITERT_NOISE):
-                self._interp = Interpreter(model_content=content, num_threads=num_threads)
-                self._interp.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise BirdnetError(f"{self.path}: LiteRT cannot load it ({str(e).splitlines()[0][:200]})") from None
-        inp, out = self._interp.get_input_details(), self._interp.get_output_details()
-        if len(inp) != 1 or len(out) != 1:
-            raise BirdnetError(f"{self.path}: expected one input and one output, found {len(inp)} and {len(out)}")
-        self._in, self._out = inp[0]["index"], out[0]["index"]
-        shape = [int(d) for d in inp[0]["shape_signature"]]
-        if len(shape) != 2 or shape[1] != self.window_samples:
-            raise BirdnetError(f"{self.path}: input shape {shape} does not match the sidecar's window "
-                               f"of {self.window_samples} samples")
-        self.dynamic_batch = shape[0] == -1
-        self._batch = 1
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.labels)
-
-    def scorer(self, batch_size: int = 32):
-        """This model as a :class:`~birdnet_tf.infer.engine.Scorer` of whole recordings (sliding windows of
-        ``window_samples``; :class:`~birdnet_tf.infer.sliding.SlidingScorer`)."""
-        from birdnet_tf.infer.sliding import SlidingScorer
-
-        return SlidingScorer(self, batch_size)
-
-    def _fit(self, waveforms) -> np.ndarray:
-        """``[batch, window_samples]`` float32: shorter rows looped, longer ones cut (as predict's windows)."""
-        x = np.asarray(waveforms, dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None]
-        if x.ndim != 2:
-            raise BirdnetError(f"{self.path}: waveforms must be [batch, samples], got shape {x.shape}")
-        n = self.window_samples
-        if x.shape[1] == n:
-            return np.ascontiguousarray(x)
-        if x.shape[1] == 0:
-            return np.zeros((len(x), n), np.float32)
-        if x.shape[1] > n:
-            return np.ascontiguousarray(x[:, :n])
-        return np.stack([np.resize(row, n) for row in x])
-
-    def __call__(self, waveforms) -> np.ndarray:
-        """``float32 [batch, samples]`` → ``[batch, classes]`` scores.
-
-        Rows of another length than ``window_samples`` are looped (shorter) or cut to their
-        first window (longer). A batch-1 model runs once per row; a dynamic-batch one once.
-        """
-        x = self._fit(waveforms)
-        if not len(x):
-            return np.zeros((0, self.n_classes), np.float32)
-        if self.dynamic_batch:
-            if len(x) != self._batch:
-                self._interp.resize_tensor_input(self._in, [len(x), self.window_samples])
-                self._interp.allocate_tensors()
-                self._batch = len(x)
-            self._interp.set_tensor(self._in, x)
-            self._interp.invoke()
-            return self._interp.get_tensor(self._out).copy()
-        rows = []
-        for row in x:
-            self._interp.set_tensor(self._in, row[None])
-            self._interp.invoke()
-            rows.append(self._interp.get_tensor(self._out)[0].copy())
-        return np.stack(rows)
+    if quantization not in QUANTIZATIONS:
+        raise BirdnetError(f"unknown quantization '{quantization}'; choose from {', '.join(QUANTIZATIONS)}")
+    front, body, facts = split_model(model)
+    if quantization != "float32" and safe_frontend:
+        front = quantization_safe_model(front)  # the spectrogram lives in the front half
+    if facts.get("metadata"):
+        _refuse_metadata("combined", f"model '{model.name}'", "model")
+    fe, sr = cfg.frontend, cfg.audio.sample_rate_hz
+    geo = probe_geometry(body, fe.n_mels, fe.hop_length, fe.n_fft, sr)
+    front_frames = max(1, int(round(front_s * sr / geo.hop)))
+    front_samples = (front_frames - 1) * geo.hop + geo.n_fft
+    segment_steps = max(1, int(round(segment_s * sr / geo.stride_samples)))
+    segment_frames = geo.field + (segment_steps - 1) * geo.stride
+    front_tfl = _flatbuffer(front, "frames", tf.TensorSpec([1, front_samples], tf.float32, name="waveform"),
+                            quantization, "TFLite front")
+    body_tfl = _flatbuffer(body, "logits", tf.TensorSpec([None, segment_frames, fe.n_mels], tf.float32,
+                                                         name="frames"), quantization, "TFLite body")
+    facts = {**facts, "stride_frames": geo.stride, "field_frames": geo.field, "hop_samples": geo.hop,
+             "n_fft": geo.n_fft, "n_mels": fe.n_mels, "front_samples": front_samples, "front_frames": front_frames,
+             "segment_frames": segment_frames, "segment_steps": segment_steps}
+    return front_tfl, body_tfl, facts
 
 
 # ---------------------------------------------------------------- verification
@@ -492,7 +435,8 @@ def validation_audio(run_dir: str | os.PathLike) -> list[str]:
 # ---------------------------------------------------------------------- export
 def output_paths(out_dir: str | os.PathLike, quantizations) -> list[Path]:
     out = Path(out_dir)
-    return [out / "labels.txt"] + [out / f"model_{q}.{ext}" for q in quantizations for ext in ("tflite", "json")]
+    return [out / "labels.txt"] + [out / f"model_{q}.{ext}" for q in quantizations for ext in ("tflite", "json")] \
+        + [out / f"{half}_{q}.tflite" for q in quantizations for half in ("front", "body")]
 
 
 def check_outputs(out_dir: str | os.PathLike, quantizations, force: bool = False) -> None:
@@ -534,10 +478,95 @@ def written_by_tflite(out_dir: str | os.PathLike) -> bool:
     return False
 
 
+#: Whole-recording verification: at most this many recordings, each cut to its first this many seconds.
+WHOLE_CHECK_FILES = 8
+WHOLE_CHECK_S = 30.0
+
+
+def whole_check_sources(signals: dict[str, np.ndarray], files: list[str], sample_rate_hz: int) -> list[np.ndarray]:
+    """Recordings the whole-recording halves are verified on: the test signals one after the other,
+    then the first :data:`WHOLE_CHECK_S` s of up to :data:`WHOLE_CHECK_FILES` of ``files`` (decoded)."""
+    from birdnet_tf.data.audio import load_audio
+    from birdnet_tf.errors import AudioDecodeError
+
+    sources = [np.concatenate(list(signals.values())).astype(np.float32)]
+    for path in files[:WHOLE_CHECK_FILES]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                x, _ = load_audio(path, sample_rate_hz)
+        except AudioDecodeError:
+            continue
+        sources.append(np.asarray(x[:int(WHOLE_CHECK_S * sample_rate_hz)], np.float32))
+    return sources
+
+
+def verify_whole(lite, reference, sources: list[np.ndarray], window_s: float, hop_s: float,
+                 quantization: str, tolerance: float | None = None, where="TFLite halves") -> dict:
+    """Window scores of two whole-recording engines on the same recordings, compared.
+
+    ``lite`` and ``reference`` are :class:`~birdnet_tf.infer.whole.WholeRecordingModel` s
+    (the LiteRT halves and the SavedModel's ``front``/``body``); windows of ``window_s``
+    every ``hop_s``. Returns ``windows``, ``recordings``, ``max_abs_diff``, ``mean_abs_diff``,
+    ``top1_agreement``, ``tolerance``, ``window_s``, ``hop_s`` and ``seconds_per_audio_hour``
+    (LiteRT, on this machine).
+
+    Raises:
+        BirdnetError: NaN scores or a max difference above the tolerance (default
+            :data:`TOLERANCES` of the quantization).
+    """
+    tol = TOLERANCES.get(quantization, TOLERANCES["int8"]) if tolerance is None else float(tolerance)
+
+    def scores(engine) -> np.ndarray:
+        out = {i: r for i, r, err in engine.score_many(sources, window_s=window_s, hop_s=hop_s) if r is not None}
+        return np.concatenate([out[i].scores for i in sorted(out)])
+
+    start = time.perf_counter()
+    got = scores(lite)
+    seconds = time.perf_counter() - start
+    ref = scores(reference)
+    if got.shape != ref.shape:
+        raise BirdnetError(f"{where}: scores have shape {got.shape}, the reference's {ref.shape}")
+    if not np.isfinite(got).all():
+        raise BirdnetError(f"{where}: NaN or infinite scores ({quantization})")
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    audio_h = sum(len(x) for x in sources) / lite.geometry.sample_rate_hz / 3600
+    result = {"windows": int(len(got)), "recordings": len(sources), "max_abs_diff": float(diff.max()),
+              "mean_abs_diff": float(diff.mean()),
+              "top1_agreement": float(np.mean(got.argmax(axis=1) == ref.argmax(axis=1))), "tolerance": tol,
+              "window_s": window_s, "hop_s": hop_s, "seconds_per_audio_hour": round(seconds / audio_h, 1)}
+    if result["max_abs_diff"] > tol:
+        raise BirdnetError(f"{where}: whole-recording scores differ from the SavedModel's by up to "
+                           f"{result['max_abs_diff']:.3g} (tolerance {tol:g} for {quantization}; "
+                           f"{len(got)} windows of {len(sources)} recording(s))")
+    return result
+
+
+def _whole_halves(model, cfg, q: str, meta: dict, sources: list[np.ndarray], ref, tmp: Path,
+                  num_threads: int | None) -> dict[str, bytes]:
+    """Converts and verifies the halves of ``q``; adds ``meta["whole_recording"]``; returns {file name: content}."""
+    from birdnet_tf.infer.whole import WholeRecordingModel
+    from birdnet_tf.lite.runtime import whole_engine
+
+    front, body, facts = convert_whole(model, cfg, q)
+    files = {f"front_{q}.tflite": front, f"body_{q}.tflite": body}
+    meta["whole_recording"] = {"front": f"front_{q}.tflite", "body": f"body_{q}.tflite", **facts}
+    check = tmp / f"whole_{q}"  # the halves as they will be written, loaded exactly as predict loads them
+    check.mkdir(exist_ok=True)
+    for name, content in files.items():
+        (check / name).write_bytes(content)
+    lite = whole_engine(check, meta["whole_recording"], cfg, num_threads)
+    window_s = meta["window_s"]
+    meta["whole_recording"]["verification"] = verify_whole(
+        lite, WholeRecordingModel.from_export(ref), sources, window_s, window_s / 2, q,
+        where=f"front_{q}/body_{q}.tflite")
+    return files
+
+
 def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantizations=QUANTIZATIONS,
                   window_s: float | None = None, check_audio: list[str] | None = None, force: bool = False,
                   log=print, reference: str | os.PathLike | None = None, num_threads: int | None = None,
-                  max_windows_per_file: int | None = 8) -> dict[str, dict]:
+                  max_windows_per_file: int | None = 8, whole: bool = True) -> dict[str, dict]:
     """Writes verified TFLite models of a run: ``out_dir/model_<q>.tflite`` + ``model_<q>.json`` + ``labels.txt``.
 
     Each quantization is converted (:func:`convert`), loaded in LiteRT and compared with
@@ -556,6 +585,11 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
             exported to a temporary folder with :func:`birdnet_tf.export.export_model`.
         num_threads: LiteRT threads during verification.
         max_windows_per_file: Verification windows per audio file (spread over the file).
+        whole: Also write the whole-recording halves ``front_<q>.tflite`` and ``body_<q>.tflite``
+            (:func:`convert_whole`), verified window by window against the SavedModel's
+            whole-recording engine on the test signals and the first
+            :data:`WHOLE_CHECK_S` seconds of up to :data:`WHOLE_CHECK_FILES` recordings
+            (:func:`verify_whole`); a model that cannot be split gets a note and none.
 
     Returns:
         ``{quantization: {"path", "size_bytes", **verification}}`` for the written models.
@@ -607,6 +641,15 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
             raise BirdnetError(f"{ref_dir}: reference export does not match {run} (labels or sample rate differ)")
 
         results, failures = {}, []
+        whole_sources = None
+        if whole:
+            try:
+                from birdnet_tf.models.surgery import split_model
+
+                split_model(model)
+                whole_sources = whole_check_sources(signals, used, sr)
+            except BirdnetError as e:
+                log(f"note: no whole-recording halves ({e})")
         for q in quantizations:
             content = convert(model, q, window)
             meta = {
@@ -636,7 +679,18 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
             meta["verification"] = {**figures, "reference": ref_name, "recordings": len(used),
                                     "test_signals": list(signals), "num_threads": num_threads}
             meta["config"] = cfg.to_dict()
+            halves = None
+            if whole_sources is not None:
+                try:
+                    halves = _whole_halves(model, cfg, q, meta, whole_sources, ref, Path(tmp), num_threads)
+                except BirdnetError as e:
+                    failures.append(str(e))
+                    log(f"front_{q}/body_{q}.tflite: verification FAILED, model_{q} not written: {e}")
+                    continue
             out.mkdir(parents=True, exist_ok=True)
+            for name, half in (halves or {}).items():
+                with atomic_path(out / name) as part:
+                    part.write_bytes(half)
             with atomic_path(out / meta["file"]) as part:
                 part.write_bytes(content)
             write_json_atomic(sidecar_path(out / meta["file"]), meta)
@@ -645,10 +699,15 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
                 f"{figures['max_abs_diff']:.2g} (tolerance {figures['tolerance']:g}), mean "
                 f"{figures['mean_abs_diff']:.2g}, top-1 agreement {100 * figures['top1_agreement']:.1f}% "
                 f"on {figures['windows']} windows")
+            if halves:
+                w = meta["whole_recording"]["verification"]
+                log(f"wrote {', '.join(str(out / name) for name in halves)}: whole-recording halves; vs the "
+                    f"SavedModel's whole-recording scores max |Δscore| {w['max_abs_diff']:.2g} on {w['windows']} "
+                    f"windows of {w['recordings']} recording(s)")
     if results:
         write_text_atomic(out / "labels.txt", "".join(f"{label}\n" for label in labels))
         write_json_atomic(out / TFLITE_MARKER, {"birdnet_tf_version": __version__,
-                                                 "files": sorted(p.name for p in out.glob("model_*.tflite"))})
+                                                 "files": sorted(p.name for p in out.glob("*.tflite"))})
     if failures:
         done = f"; written: {', '.join(results)}" if results else ""
         raise BirdnetError(f"{len(failures)} quantization(s) failed verification{done}. {failures[0]}")

@@ -235,8 +235,8 @@ def test_a_quantization_failing_verification_is_not_written(trained_synthetic, t
     with pytest.raises(BirdnetError, match=r"1 quantization\(s\) failed verification; written: float32"):
         export_tflite(trained_synthetic.run, out, ["float32", "int8"], reference=trained_synthetic.export,
                       log=logs.append)
-    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "labels.txt", "model_float32.json",
-                                                    "model_float32.tflite"]
+    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "body_float32.tflite", "front_float32.tflite",
+                                                    "labels.txt", "model_float32.json", "model_float32.tflite"]
     assert any("model_int8.tflite: verification FAILED, not written" in line for line in logs)
 
 
@@ -309,9 +309,21 @@ def test_cli_default_verifies_on_the_runs_validation_files(trained_synthetic, tm
     n_val = int((pd.read_csv(trained_synthetic.run / "split.csv")["split"] == "val").sum())
     assert f"run's {n_val} validation recording(s)" in stdout
     assert "model_float32.tflite" in stdout and "max |Δscore|" in stdout
-    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "labels.txt", "model_float32.json",
-                                                    "model_float32.tflite"]
+    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "body_float32.tflite", "front_float32.tflite",
+                                                    "labels.txt", "model_float32.json", "model_float32.tflite"]
     meta = json.loads((out / "model_float32.json").read_text())
     assert meta["verification"]["recordings"] == n_val
     assert meta["verification"]["reference"] == "temporary SavedModel export of the run"
     assert meta["verification"]["max_abs_diff"] <= TOLERANCES["float32"]
+
+
+def test_every_quantization_gets_verified_whole_recording_halves(exported):
+    """float16 and int8 halves pass the same tolerances as their window models (LiteRT vs SavedModel engines)."""
+    for q in QUANTIZATIONS:
+        whole = json.loads((exported.out / f"model_{q}.json").read_text())["whole_recording"]
+        assert (exported.out / whole["front"]).is_file() and (exported.out / whole["body"]).is_file()
+        check = whole["verification"]
+        assert check["windows"] >= 10 and 0 <= check["max_abs_diff"] <= TOLERANCES[q]
+        assert check["top1_agreement"] >= 0.9
+    marker = json.loads((exported.out / TFLITE_MARKER).read_text())
+    assert {f"{h}_{q}.tflite" for h in ("front", "body") for q in QUANTIZATIONS} <= set(marker["files"])

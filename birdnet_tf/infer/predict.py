@@ -188,7 +188,8 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
             (:mod:`birdnet_tf.infer.whole`); ``sliding`` — each window is cut from the
             decoded recording and scored through ``serving_default`` on its own.
         model: An already loaded model with the ``ExportedModel`` interface (e.g. a
-            :class:`~birdnet_tf.infer.remote.RemoteModel`); sliding windows only.
+            :class:`~birdnet_tf.infer.remote.RemoteModel`); sliding windows only, unless it has
+            a ``whole_model()`` giving its whole-recording engine (:class:`birdnet_tf.lite.LiteModel`).
         metadata: For an export with metadata input: a CSV path or table of the recordings'
             date, time and place (:func:`read_metadata_csv`, :func:`match_metadata`); files
             without a row, or all without it, are scored with all fields unknown (a warning
@@ -209,7 +210,7 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
         raise BirdnetError("--window-s and --hop-s must be positive")
     if model is None:
         model = ExportedModel(model_dir)
-    elif engine == "whole":
+    elif engine == "whole" and not hasattr(model, "whole_model"):
         engine = "sliding"  # a remote or custom model has no front/body halves here
     cfg = getattr(model, "config", None)
     pooling = pooling or (cfg.data.file_pooling if cfg is not None else "mean")
@@ -226,7 +227,8 @@ def predict(model_dir: str | os.PathLike, inputs: list[str], window_s: float | N
     if engine == "whole":
         from birdnet_tf.infer.whole import WholeRecordingModel
 
-        scorer = WholeRecordingModel.from_export(model)
+        # a LiteRT folder brings its own whole-recording engine (birdnet_tf.lite), TensorFlow-free
+        scorer = model.whole_model() if hasattr(model, "whole_model") else WholeRecordingModel.from_export(model)
     else:
         scorer = SlidingScorer(model, batch_size)
     rows = []

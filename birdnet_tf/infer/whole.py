@@ -208,8 +208,10 @@ class WholeRecordingModel(Scorer):
 
     def __init__(self, front, body, cfg: Config, geometry: StepGeometry, center: bool, pooling: str,
                  activation: str, segment_s: float = 20.0, batch_size: int = 2, front_s: float = 10.0,
-                 metadata_bias=None, labels: list[str] | None = None):
+                 metadata_bias=None, labels: list[str] | None = None, numpy_pooling: bool = False):
         self._front, self._body = front, body
+        # the LiteRT runtime pools with the NumPy twin of pool_packed: it never imports TensorFlow
+        self.numpy_pooling = bool(numpy_pooling)
         self.config, self.sample_rate = cfg, geometry.sample_rate_hz
         self.labels = list(labels) if labels is not None else None
         self._bias = metadata_bias
@@ -356,7 +358,10 @@ class WholeRecordingModel(Scorer):
         combined model given none takes the recording's metadata as unknown (the bias of an
         all-missing row).
         """
-        from birdnet_tf.models.layers import pool_packed
+        if self.numpy_pooling:
+            from birdnet_tf.models.pooling_np import pool_packed_np as pool_packed
+        else:
+            from birdnet_tf.models.layers import pool_packed
 
         g = self.geometry
         n_steps = len(logits)

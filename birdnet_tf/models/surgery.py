@@ -77,10 +77,9 @@ def probe_geometry(body, n_mels: int, hop: int, n_fft: int, sample_rate_hz: int)
 
 def pooled_classes(width: int, method: str) -> int:
     """Classes in a body output with ``width`` values per step (see :func:`split_model`)."""
-    from birdnet_tf.models.layers import parse_pooling
+    from birdnet_tf.models.pooling_np import attention_heads
 
-    kind, param = parse_pooling(method)
-    return width // (1 + (int(param) if kind == "attention" else 0))
+    return width // (1 + attention_heads(method))
 
 
 def split_model(model):
