@@ -26,10 +26,15 @@ INSTALL_REQUIRES = [
     "ai-edge-litert==2.3.0",  # runs exported TFLite models (tf.lite.Interpreter is deprecated)
     "keras-tuner==1.4.8",  # birdnet-tf tune (needs tensorboard, above: without it every trial fails silently)
 ]
+# birdnet-tf batch: whole-recording inference as an Apache Beam pipeline (archives of many files);
+# pyarrow writes its Parquet tables. Beam 2.77 caps pillow, protobuf and python-dateutil (constraints.txt).
+BEAM = ["apache-beam==2.77.0", "pyarrow==25.0.0"]
 EXTRAS = {
-    # reference implementations used by tests and benchmarks
+    "beam": BEAM,
+    # reference implementations used by tests and benchmarks (and beam, so CI runs its tests)
     "dev": ["pytest==9.2.0", "librosa==0.11.0", "scikit-learn==1.9.1", "scipy==1.17.1", "psutil==7.2.2",
-            "optuna==5.0.0"],  # birdnet-tf ensemble --method optuna (TPE weight search)
+            "optuna==5.0.0",  # birdnet-tf ensemble --method optuna (TPE weight search)
+            *BEAM],
 }
 
 setup(
