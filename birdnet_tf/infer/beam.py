@@ -416,11 +416,9 @@ def run_batch(model_dir: str | os.PathLike, inputs: list[str], out: str | os.Pat
         raise BirdnetError(f"no audio file to score ({len(problems)} input(s) skipped: "
                            + "; ".join(about(path, reason) for path, reason in problems[:3]) + ")")
     if parquet is None:
-        try:
-            import pyarrow  # noqa: F401
-            parquet = True
-        except ImportError:
-            parquet = False
+        import importlib.util
+
+        parquet = importlib.util.find_spec("pyarrow") is not None
     out = Path(out)
     _prepare_out(out, settings, force)
 
