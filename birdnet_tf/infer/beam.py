@@ -368,9 +368,12 @@ def _watch(out: Path, before: int, total: int, since: float, progress: bool, sto
     """A progress bar over the records appearing in ``out`` (the workers may be other processes or machines)."""
     from tqdm.auto import tqdm
 
-    def finished() -> int:
-        failed = sum(1 for p in (out / FAILED_DIR).iterdir() if p.stat().st_mtime >= since)
-        return sum(1 for _ in (out / RECORDS_DIR).iterdir()) + failed
+    def finished() -> int:  # hidden names are records being written
+        try:
+            failed = sum(1 for p in (out / FAILED_DIR).glob("[!.]*") if p.stat().st_mtime >= since)
+            return sum(1 for _ in (out / RECORDS_DIR).glob("[!.]*")) + failed
+        except OSError:  # a failure record removed while counting: count again next time
+            return 0
 
     with tqdm(total=total, initial=before, desc="batch", unit="file", disable=not progress) as bar:
         while not stop.wait(1.0):
@@ -425,7 +428,7 @@ def run_batch(model_dir: str | os.PathLike, inputs: list[str], out: str | os.Pat
     beam = _beam()
     names = [record_name(f) for f in files]
     records = out / RECORDS_DIR
-    done = {p.stem for p in records.glob("*.npz")}
+    done = {p.stem for p in records.glob("[!.]*.npz")}
     todo = [f for f, n in zip(files, names) if n not in done]
     done_before = len(files) - len(todo)
     log(f"batch: {len(files)} file(s), {done_before} already done, {len(todo)} to score "
@@ -470,7 +473,7 @@ def run_batch(model_dir: str | os.PathLike, inputs: list[str], out: str | os.Pat
 def _write_manifest(out, files, names, problems, settings, opts, result, n_shards, done_before, seconds, log):
     import apache_beam
 
-    have = {p.stem for p in (out / RECORDS_DIR).glob("*.npz")}
+    have = {p.stem for p in (out / RECORDS_DIR).glob("[!.]*.npz")}
     failures = [{"file": path, "reason": reason} for path, reason in problems]
     for f, n in zip(files, names):
         rec = out / FAILED_DIR / f"{n}.json"
