@@ -75,7 +75,7 @@ def _assert_equal_to_predict(table: pd.DataFrame, expected: pd.DataFrame, atol: 
                                atol=atol, rtol=0)
 
 
-def test_batch_equals_predict_and_a_rerun_scores_only_what_is_not_done(export, audio, tmp_path):
+def test_batch_equals_predict(export, audio, tmp_path):
     from birdnet_tf.infer.beam import run_batch
     from birdnet_tf.infer.predict import predict
 
@@ -99,24 +99,57 @@ def test_batch_equals_predict_and_a_rerun_scores_only_what_is_not_done(export, a
     assert [f["file"] for f in manifest["failures"]] == [broken]
     assert "not a recognised audio file" in manifest["failures"][0]["reason"]
     assert any(broken in line for line in logs)
-
-    # an interrupted run: one file's completion record is missing, the others stay as they were
-    records = sorted((out / "files").glob("*.npz"))
-    lost = next(r for r in records if r.name.startswith("XC91093-"))
-    lost.unlink()
-    kept = {r: r.stat().st_mtime_ns for r in records if r != lost}
-    (out / "manifest.json").unlink()
-    again = run_batch(export, inputs, out, window_s=2.0, hop_s=1.0, workers=1, beam_options=IN_PROCESS,
-                      files_per_shard=2, progress=False, log=logs.append)
-    assert (again["done_before"], again["scored_this_run"], again["done"], again["failed"]) == (2, 1, 3, 1)
-    assert {r: r.stat().st_mtime_ns for r in kept} == kept  # nothing finished was redone
-    assert lost.is_file()
+    manifest = run_batch(export, inputs, out, window_s=2.0, hop_s=1.0, workers=1, beam_options=IN_PROCESS,
+                         files_per_shard=2, progress=False, log=logs.append)  # all done: only the tables again
+    assert (manifest["done_before"], manifest["scored_this_run"], manifest["failed"]) == (3, 0, 1)
     _assert_equal_to_predict(_tables(out, ".parquet"), expected, TOL)
 
     # the same folder with other windows is refused, --force starts over
     rc, _, err = run_cli(["batch", str(export), str(audio), "--out", str(out), "--window-s", "1.5",
                           "--beam-option", "direct_running_mode=in_memory"])
     assert rc == 2 and "other settings" in err and "window_s 2.0 → 1.5" in err
+
+
+def test_a_killed_run_resumes_without_redoing_finished_files(export, tmp_path):
+    """``kill -9`` of a batch process as soon as its first file is done; the rerun scores only the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from birdnet_tf.infer.beam import run_batch
+    from birdnet_tf.infer.predict import predict
+
+    folder = tmp_path / "long"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        sf.write(folder / f"rec{i}.wav", 0.2 * rng.standard_normal(12 * 16000), 16000, subtype="PCM_16")
+    out = tmp_path / "batch"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "birdnet_tf.cli", "batch", str(export), str(folder), "--out",
+                             str(out), "--no-progress", "--beam-option", "direct_running_mode=in_memory"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "files").glob("[!.]*.npz")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)  # the process and anything it started
+    finally:
+        proc.wait()
+    finished = {r: r.stat().st_mtime_ns for r in (out / "files").glob("[!.]*.npz")}
+    assert 1 <= len(finished) < 6, "the kill came too late to interrupt anything"
+    assert not (out / "manifest.json").exists()
+
+    manifest = run_batch(export, [str(folder)], out, workers=1, beam_options=IN_PROCESS, progress=False,
+                         log=lambda m: None)
+    assert (manifest["done_before"], manifest["scored_this_run"], manifest["done"]) == (
+        len(finished), 6 - len(finished), 6)
+    assert {r: r.stat().st_mtime_ns for r in finished} == finished  # nothing finished was redone
+    files = sorted(str(f) for f in folder.glob("*.wav"))
+    expected, _ = predict(export, files, window_s=2.0, progress=False, log=lambda m: None)
+    _assert_equal_to_predict(_tables(out, ".parquet"), expected, TOL)
 
 
 def test_batch_in_two_local_processes_equals_one(export, audio, tmp_path):
