@@ -32,13 +32,18 @@ TRAIN_REQUIRES = [
     "tensorflow-serving-api==2.21.0",  # gRPC client for TF Serving
     "keras-tuner==1.4.8",  # birdnet-tf tune (needs tensorboard, above: without it every trial fails silently)
 ]
+# birdnet-tf batch: whole-recording inference as an Apache Beam pipeline (archives of many files);
+# pyarrow writes its Parquet tables. Beam 2.77 caps pillow, protobuf and python-dateutil (constraints.txt).
+BEAM = ["apache-beam==2.77.0", "pyarrow==25.0.0"]
 EXTRAS = {
     "train": TRAIN_REQUIRES,  # the full install: pip install 'birdnet-tf[train]'
     "lite": [],  # the base install, named: pip install 'birdnet-tf[lite]' (no TensorFlow)
-    # the full install plus reference implementations used by tests and benchmarks
+    "beam": TRAIN_REQUIRES + BEAM,  # birdnet-tf batch (runs the SavedModel engine: needs TensorFlow)
+    # the full install plus reference implementations used by tests and benchmarks (and beam, so CI runs its tests)
     "dev": TRAIN_REQUIRES + ["pytest==9.2.0", "librosa==0.11.0", "scikit-learn==1.9.1", "scipy==1.17.1",
                              "psutil==7.2.2",
-                             "optuna==5.0.0"],  # birdnet-tf ensemble --method optuna (TPE weight search)
+                             "optuna==5.0.0",  # birdnet-tf ensemble --method optuna (TPE weight search)
+                             *BEAM],
 }
 
 setup(

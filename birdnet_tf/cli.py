@@ -244,6 +244,16 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from birdnet_tf.infer.beam import run_batch
+
+    manifest = run_batch(args.model, args.inputs, args.out, window_s=args.window_s, hop_s=args.hop_s,
+                         workers=args.workers, beam_options=args.beam_option, files_per_shard=args.files_per_shard,
+                         parquet=False if args.no_parquet else None, force=args.force,
+                         progress=not args.no_progress, log=_log)
+    return 1 if manifest["failed"] and args.strict else 0
+
+
 def _class_ids(args, labels: list[str]) -> dict[str, str] | None:
     """BirdCLEF class ids: --class-ids FILE, else the export's assets.extra/labels.csv, else None (labels)."""
     path = Path(args.class_ids) if args.class_ids else None
@@ -539,6 +549,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "latitude, longitude, elevation; files without a row count as unknown")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("batch", parents=[quiet],
+                       help="score an archive as an Apache Beam pipeline: sharded per-window tables, resumable",
+                       description="Scores audio files, folders and globs with an export's whole-recording engine "
+                                   "as an Apache Beam pipeline (pip install 'birdnet-tf[beam]'): by default "
+                                   "Beam's DirectRunner in --workers local processes; Flink, Spark or Dataflow "
+                                   "through --beam-option runner=... and that runner's options. Writes "
+                                   "OUT/scores-*-of-*.csv (and .parquet) with predict --window-s's columns, "
+                                   "OUT/manifest.json, and a completion record per file: the same command "
+                                   "again resumes, scoring only files not done.")
+    p.add_argument("model", help="exported model folder (from birdnet-tf export)")
+    p.add_argument("inputs", nargs="+", metavar="AUDIO_DIR_OR_GLOB",
+                   help="audio files, folders (searched recursively) and glob patterns (quote them: 'x/**/*.flac')")
+    p.add_argument("--out", required=True, help="output folder (a rerun into it resumes)")
+    p.add_argument("--window-s", type=float, default=None, help="window length (default: the model's excerpt)")
+    p.add_argument("--hop-s", type=float, default=None, help="hop between windows (default: --window-s)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="local worker processes of the DirectRunner (direct_num_workers; default: %(default)s)")
+    p.add_argument("--beam-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Beam pipeline option (repeatable), e.g. runner=FlinkRunner, flink_master=host:8081, "
+                        "direct_running_mode=in_memory")
+    p.add_argument("--files-per-shard", type=int, default=200, help="files per output table (default: %(default)s)")
+    p.add_argument("--no-parquet", action="store_true", help="CSV shards only (default: also Parquet if pyarrow "
+                                                              "is installed)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when any input was not scored")
+    p.add_argument("--force", action="store_true", help="start over: replace a batch folder birdnet-tf wrote")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("submit", parents=[quiet], help="write a BirdCLEF monophone or soundscape run file "
                                                       "from one exported model or an ensemble")

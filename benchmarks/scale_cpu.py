@@ -1,0 +1,147 @@
+"""Scaling out on one CPU machine (issue 14): Beam DirectRunner with 1 and 2 workers against ``predict``.
+
+Archive inference: the same files, the same export, 3-s windows (``--window-s 3``), scored by
+
+* ``predict``      — ``birdnet-tf predict EXPORT FILES --window-s 3`` (one process, whole-recording engine);
+* ``beam xN``      — ``birdnet-tf batch EXPORT FILES --window-s 3 --workers N`` (Beam's DirectRunner,
+  ``direct_running_mode=multi_processing``: N worker processes, each loading the model once).
+
+Each row is one command in a fresh process, timed from start to exit (Python, TensorFlow and
+the model loads included: what a user waits for), so on a few minutes of audio the fixed
+costs weigh; ``--audio`` can point at more. The real-time factor is audio seconds / wall
+seconds. The Beam tables are checked against predict's (largest score difference).
+
+Training rows (one device against two logical devices, issue 14 item 1) belong in the
+marked place below; they are not written yet.
+
+    python benchmarks/scale_cpu.py [--export DIR] [--audio FOLDER_OR_GLOB ...] [--workers 1,2] [--json OUT]
+
+Without ``--export`` an untrained model of the default architecture is exported once to
+``runs/bench-scale/export`` (speed does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import REPO, machine  # noqa: E402
+
+WINDOW_S = 3.0
+
+
+def _ensure_export(args) -> str:
+    if args.export:
+        return args.export
+    export = REPO / "runs" / "bench-scale" / "export"
+    if not (export / "saved_model.pb").is_file():
+        import keras
+
+        from birdnet_tf.config import Config
+        from birdnet_tf.export import export_model
+        from birdnet_tf.models.build import build_model
+
+        cfg = Config()
+        keras.utils.set_random_seed(0)
+        labels = [f"species_{i:02d}" for i in range(20)]
+        export_model(build_model(cfg, len(labels)), cfg, labels, export, force=True, log=lambda msg: None)
+    return str(export)
+
+
+def _audio_seconds(files: list[str]) -> float:
+    import soundfile as sf
+
+    return sum(sf.info(f).duration for f in files)
+
+
+def _cli(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "birdnet_tf.cli", *argv], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:1])} failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}")
+    return wall, proc
+
+
+# ------------------------------------------------------------------ archive inference rows
+def inference_rows(export: str, files: list[str], workers: list[int], tmp: Path) -> list[dict]:
+    import numpy as np
+    import pandas as pd
+
+    audio_s = _audio_seconds(files)
+    rows = []
+    wall, _ = _cli(["predict", export, *files, "--window-s", str(WINDOW_S), "--out", str(tmp / "predict.csv"),
+                    "--no-progress"])
+    reference = pd.read_csv(tmp / "predict.csv")
+    rows.append({"row": "predict (whole-recording engine)", "workers": 1, "wall_s": wall, "audio_s": audio_s,
+                 "rtf": audio_s / wall, "max_diff": 0.0})
+    print(f"  predict: {wall:.1f} s", flush=True)
+    for n in workers:
+        out = tmp / f"beam-{n}"
+        wall, _ = _cli(["batch", export, *files, "--window-s", str(WINDOW_S), "--workers", str(n), "--out", str(out),
+                        "--no-progress", "--no-parquet"])
+        table = pd.concat([pd.read_csv(s) for s in sorted(glob.glob(str(out / "scores-*.csv")))], ignore_index=True)
+        if list(table["file"]) != list(reference["file"]):
+            raise SystemExit(f"beam x{n}: its windows are not predict's")
+        diff = float(np.abs(table.iloc[:, 3:].to_numpy() - reference.iloc[:, 3:].to_numpy()).max())
+        manifest = json.loads((out / "manifest.json").read_text())
+        rows.append({"row": f"beam DirectRunner x{n} (multi_processing)", "workers": n, "wall_s": wall,
+                     "audio_s": audio_s, "rtf": audio_s / wall, "max_diff": diff,
+                     "pipeline_s": manifest["seconds"]})
+        print(f"  beam x{n}: {wall:.1f} s (pipeline {manifest['seconds']:.1f} s)", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------ training-strategy rows
+# >>> issue 14 item 1: one-device against two-logical-device training steps per second.
+# The strategy work adds its rows here (same dict keys: row, workers, wall_s, plus its own
+# figures, e.g. steps_per_s), and main() prints them in the same table. Nothing measured yet.
+def training_rows(args) -> list[dict]:
+    return []
+# <<< training-strategy rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--export", default=None, help="an export folder (default: an untrained default-architecture one)")
+    ap.add_argument("--audio", nargs="+", default=[str(REPO / "examples" / "xc-sample" / "audio")],
+                    help="audio folders, files or globs (default: the embedded sample, 23 files, 7.7 min)")
+    ap.add_argument("--workers", default="1,2", help="Beam worker counts to run (default: %(default)s)")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+
+    from birdnet_tf.infer.beam import expand_paths
+
+    files, problems = expand_paths(args.audio)
+    if problems or not files:
+        raise SystemExit(f"bad --audio: {problems[:3] or 'no files'}")
+    export = _ensure_export(args)
+    print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}")
+    print(f"model: {export}\naudio: {len(files)} files\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = inference_rows(export, files, [int(n) for n in args.workers.split(",") if n], Path(tmp))
+    rows += training_rows(args)
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}\n")
+    print("| row | workers | wall s | audio s | real-time factor | max score diff vs predict |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['row']} | {r['workers']} | {r['wall_s']:.1f} | {r.get('audio_s', float('nan')):.0f} | "
+              f"{r.get('rtf', float('nan')):.1f} | {r.get('max_diff', float('nan')):.1e} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
