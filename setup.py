@@ -31,6 +31,7 @@ TRAIN_REQUIRES = [
     "aiohttp==3.14.5",  # birdnet-tf serve (TF Serving REST API)
     "tensorflow-serving-api==2.21.0",  # gRPC client for TF Serving
     "keras-tuner==1.4.8",  # birdnet-tf tune (needs tensorboard, above: without it every trial fails silently)
+    "pyarrow==25.0.0",  # embedding databases (birdnet-tf embed / search: Parquet parts); Beam caps it below 26
 ]
 # birdnet-tf batch: whole-recording inference as an Apache Beam pipeline (archives of many files);
 # pyarrow writes its Parquet tables. Beam 2.77 caps pillow, protobuf and python-dateutil (constraints.txt).
