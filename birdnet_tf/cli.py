@@ -114,6 +114,8 @@ def cmd_train(args) -> int:
     from birdnet_tf.distill.setup import with_teachers
 
     cfg = with_teachers(_config(args), args.teacher)
+    if args.strategy:
+        cfg = cfg.replace([f"train.strategy={args.strategy}"])
     summary = train(cfg, args.data, args.out, cache_dir=args.cache, workers=args.workers,
                     evaluate=not args.no_eval, log=_log)
     _log(f"best model: {summary['best_model']} (epoch {summary['best_epoch']}, "
@@ -426,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder to prepare raw audio into (default: a folder per dataset and rate under "
                         "$BIRDNET_TF_CACHE/prepared or ~/.cache/birdnet-tf/prepared)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation report at the end")
+    p.add_argument("--strategy", default=None, choices=["auto", "one_device", "mirrored", "multi_worker"],
+                   help="tf.distribute strategy (train.strategy; multi_worker reads TF_CONFIG; see README "
+                        "\"Scaling out\")")
     p.add_argument("--teacher", action="append", default=[], metavar="RUN_EXPORT_OR_TABLE",
                    help="distil from this teacher (repeatable; adds to distill.teachers): a run folder, an "
                         "export folder or a teacher table (BirdNET-Analyzer CSV, Raven table, predict --window-s CSV)")

@@ -154,6 +154,9 @@ class TrainConfig:
     early_stopping_patience: int = 0  # epochs without val MLRAP improvement; 0 = off
     mixed_precision: bool = True  # used on a GPU only; float32 on CPU
     monitor: str = "val_mlrap_bg"
+    # auto (≥2 local GPUs: mirrored; TF_CONFIG naming a cluster: multi_worker; else one device) |
+    # one_device | mirrored | multi_worker; data.batch_size is per replica (global = × replicas)
+    strategy: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,9 @@ Seams for what comes next:
 
 - **Distribution strategies** (issue 14, ``train.strategy``): :func:`strategy_scope` is the one
   place that opens a ``tf.distribute`` scope; :func:`prepare_model` builds (or restores) the
-  model, its optimizer and schedule, its loss and a teacher wrapper inside it. Today it is
-  TensorFlow's default strategy (one device); a ``train.strategy`` setting only has to return
-  another strategy there, and pass ``chief=False`` to
-  :func:`birdnet_tf.train.callbacks.make_callbacks` on non-chief workers.
+  model, its optimizer and schedule, its loss and a teacher wrapper inside it. The strategy is
+  ``train.strategy``'s (:mod:`birdnet_tf.train.distribute`); non-chief workers get
+  ``chief=False`` callbacks (:func:`birdnet_tf.train.callbacks.make_callbacks`).
 - **Teachers**: the example source's :meth:`~birdnet_tf.train.sources.ExampleSource.fit_model`
   wraps the student (distillation), inside the same scope.
 - **Tuner trials**: a trial is a whole :func:`birdnet_tf.train.trainer.train` call on a config
@@ -42,13 +41,10 @@ def configure_precision(cfg: Config, log=print) -> str:
 
 
 def distribution_strategy(cfg: Config):
-    """The ``tf.distribute`` strategy of a run of ``cfg``: today always the default (one device).
+    """The ``tf.distribute`` strategy of ``train.strategy`` (:func:`birdnet_tf.train.distribute.resolve`)."""
+    from birdnet_tf.train.distribute import resolve
 
-    Issue 14's ``train.strategy`` (mirrored, multi_worker, auto) returns its strategy here.
-    """
-    import tensorflow as tf
-
-    return tf.distribute.get_strategy()
+    return resolve(cfg).strategy
 
 
 @contextlib.contextmanager

@@ -16,7 +16,10 @@ last finished epoch; with a different config it refuses instead of mixing runs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,14 +105,11 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     Returns:
         A summary dict: run folder, best epoch and score, epochs run, wall time.
     """
-    import keras
-
-    from birdnet_tf.data.labels import background_matrix, encode_targets, primary_indices
-    from birdnet_tf.data.split import describe_split
     from birdnet_tf.distill.setup import check_distill_config, resolve_paths
-    from birdnet_tf.train import callbacks, loop
-    from birdnet_tf.train.sources import describe_model, example_source
+    from birdnet_tf.train import distribute
+    from birdnet_tf.train.sources import example_source
 
+    dist = distribute.resolve(cfg, log)  # before any other TensorFlow work (multi-worker collectives)
     t0, paths, data_dir = time.time(), RunPaths(Path(out_dir)), Path(data_dir)
     if not data_dir.is_dir():
         raise BirdnetError(f"{data_dir}: dataset folder does not exist")
@@ -127,15 +127,51 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             f"best {state.get('monitor')} {state.get('best'):.4f} at epoch {state.get('best_epoch')})")
         return summary(paths, state, t0, epochs_run=0)
 
-    paths.root.mkdir(parents=True, exist_ok=True)
-    files = source.run_files(paths, resume, state, cache_dir, val_keys)  # writes the run's files when new
+    # only the chief writes the run folder; another worker writes a new run's files to a temporary
+    # folder (deleted at the end) and reads a resumed run's from the chief's folder
+    scratch = None if dist.chief or resume else Path(tempfile.mkdtemp(prefix=f"birdnet-tf-worker{dist.worker_index}-"))
+    try:
+            return fit_run(cfg, dist, paths, RunPaths(scratch) if scratch else paths, source, resume, state, t0,
+                       cache_dir, evaluate, log, val_keys)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def fit_run(cfg: Config, dist, paths: RunPaths, write_paths: RunPaths, source, resume: bool, state: dict,
+            t0: float, cache_dir, evaluate: bool, log, val_keys) -> dict:
+    """The part of :func:`train` after the checks: run files, examples, model, ``fit``, evaluation.
+
+    ``write_paths`` is where this process writes a new run's files: ``paths`` on the chief, a
+    temporary folder on another worker of a multi-worker run.
+    """
+    import keras
+
+    from birdnet_tf.data.labels import background_matrix, encode_targets, primary_indices
+    from birdnet_tf.data.split import describe_split
+    from birdnet_tf.train import callbacks, distribute, loop
+    from birdnet_tf.train.sources import describe_model
+
+    write_paths.root.mkdir(parents=True, exist_ok=True)
+    files = source.run_files(write_paths, resume, state, cache_dir, val_keys)  # writes the run's files when new
     log(describe_split(files.train, files.val))
-    source.add_features(paths, files)
+    source.add_features(write_paths, files)
     policy = loop.configure_precision(cfg, log)
     # seeds initial weights, excerpt positions and augmentation (parallel tf.data and
-    # multi-threaded kernels still make runs differ slightly)
-    keras.utils.set_random_seed(cfg.data.seed + int(state.get("epoch", 0)))
+    # multi-threaded kernels still make runs differ slightly); other workers draw other excerpts
+    keras.utils.set_random_seed(cfg.data.seed + int(state.get("epoch", 0)) + 7919 * dist.worker_index)
+    steps = None
+    if dist.replicas > 1 or dist.num_workers > 1:  # data.batch_size per replica; files shared out to workers
+        source.cfg = cfg.replace([f"data.batch_size={cfg.data.batch_size * dist.replicas}"])
+        steps = cfg.train.steps_per_epoch or global_steps(files.train, source.cfg)
+        files = dataclasses.replace(files, train=distribute.per_worker_rows(files.train, dist),
+                                    train_meta=None if files.train_meta is None else
+                                    distribute.per_worker_rows(files.train_meta, dist))
     examples = source.training(files)
+    source.cfg = cfg
+    if steps is not None:
+        examples = dataclasses.replace(examples, steps=steps,
+                                       dataset=distribute.input_options(examples.dataset, dist))
     val = examples.val
     val_targets = encode_targets(val, files.labels, cfg.data.background_weight)
     with loop.strategy_scope(cfg):
@@ -144,21 +180,34 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     initial_epoch = int(state.get("epoch", 0)) if resumed else 0
     state = state if resumed else {}
     source.set_noise_bank(model, files)
-    callbacks.trim_history(paths.history, initial_epoch)
-    remove_stale_parts(paths.root, paths.checkpoints)  # temporary files of a killed save
+    if dist.chief:
+        callbacks.trim_history(paths.history, initial_epoch)
+        remove_stale_parts(paths.root, paths.checkpoints)  # temporary files of a killed save
     run_callbacks = callbacks.make_callbacks(cfg, paths, examples.windows, primary_indices(val, files.labels),
                                              background_matrix(val, files.labels), val_targets, examples.steps,
-                                             state, log)
-    log(f"training {describe_model(cfg)} ({model.count_params():,} parameters, {policy}) on {examples.what}, "
+                                             state, log, chief=dist.chief)
+    log(f"training {describe_model(cfg)} ({model.count_params():,} parameters, {policy}, {dist.describe()}) "
+        f"on {examples.what}, "
         f"validating on {len(val)} files; {examples.steps} steps/epoch, epochs {initial_epoch + 1}..{cfg.train.epochs}")
     loop.fit(fit_model, examples.dataset, cfg, examples.steps, initial_epoch, run_callbacks)
-    state = read_state(paths.state) or state
+    state = read_state(paths.state) or state if dist.chief else state
     result = summary(paths, state, t0, epochs_run=int(state.get("epoch", 0)) - initial_epoch)
-    if evaluate and paths.best.exists():
+    if evaluate and dist.chief and paths.best.exists():
         from birdnet_tf.evaluate.run import evaluate_run
 
         result["report"] = str(evaluate_run(paths.root, log=log)["report_dir"])
     return result
+
+
+def global_steps(rows, cfg: Config) -> int:
+    """Optimizer steps per epoch of all training files at ``cfg``'s (global) batch: the same on every worker."""
+    import math
+
+    from birdnet_tf.data import pipeline
+
+    if "duration_s" in rows.columns:
+        return pipeline.steps_in_epoch(rows["duration_s"].to_numpy(float), cfg)
+    return max(1, math.ceil(len(rows) / cfg.data.batch_size))
 
 
 def summary(paths: RunPaths, state: dict, t0: float, epochs_run: int) -> dict:

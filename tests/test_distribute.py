@@ -1,0 +1,105 @@
+"""Distribution strategies (``train.strategy``): two logical CPU devices equal one device, TF_CONFIG checks.
+
+The strategy runs start a fresh Python process: logical devices and collective ops can only be
+configured before TensorFlow initialises, which the test process may already have done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from birdnet_tf.errors import ConfigError
+from birdnet_tf.train.distribute import read_tf_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# no BatchNormalization, frontend.band_norm included (Keras normalises each replica's batch on its own), no dropout and no
+# augmentation (random per replica): what is left must not depend on how the batch is split
+EXACT = ["model.name=kahl2018_baseline", "model.batch_norm=false", "frontend.band_norm=false", "model.dropout=0", "augment.gain_prob=0",
+         "augment.noise_prob=0", "augment.mask_prob=0", "train.steps_per_epoch=3", "train.optimizer=sgd",
+         "train.schedule=constant", "train.learning_rate=0.01"]
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from birdnet_tf.config import Config
+    from birdnet_tf.runs import read_state
+    from birdnet_tf.train import loop
+    from birdnet_tf.train.sources import example_source
+    from birdnet_tf.train.trainer import train
+    settings, data, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+    # the same model, optimizer and loss the trainer builds, on fixed batches of 8: the training
+    # examples' random excerpt positions are drawn differently inside a distributed dataset
+    rng = np.random.default_rng(0)
+    weights = {}
+    for name, batch in (("one_device", 8), ("mirrored", 4)):  # the same global batch of 8
+        cfg = Config().replace([*settings, f"train.strategy={name}", f"data.batch_size={batch}"])
+        x = rng.normal(size=(24, cfg.excerpt_samples)).astype("float32") * 0.1 if not weights else x
+        y = np.eye(3, dtype="float32")[np.arange(24) % 3]
+        keras.utils.set_random_seed(1)
+        with loop.strategy_scope(cfg):
+            model, fit_model, _ = loop.prepare_model(cfg, None, example_source(cfg, data), 3, 3, False)
+        fit_model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1, verbose=0, shuffle=False)
+        weights[name] = model.get_weights()
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["one_device"], weights["mirrored"]))
+    moved = max(float(np.max(np.abs(a))) for a in weights["one_device"])
+    # and the whole trainer under the strategy: 2 replicas × 4 = a global batch of 8
+    cfg = Config().replace([*settings, "train.strategy=mirrored", "data.batch_size=4"])
+    summary = train(cfg, data, f"{out}/run", evaluate=False, log=lambda *a: None)
+    print(json.dumps({"max_abs_diff": diff, "max_abs_weight": moved, "epochs": read_state(f"{out}/run/state.json")["epoch"]}))
+""")
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_mirrored_on_two_logical_cpus_equals_one_device(tmp_path, synthetic_dataset, tiny_settings):
+    """Three SGD steps at a global batch of 8: mirrored (2 replicas × 4) equals one device (1 × 8)
+    within 1e-5 (float32 sums in another order); the trainer runs an epoch under the strategy."""
+    data = synthetic_dataset(files_per_class=3)
+    proc = run_script(SCRIPT, json.dumps([*tiny_settings, *EXACT]), str(data), str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["max_abs_weight"] > 0
+    assert result["max_abs_diff"] < 1e-5, result
+    assert result["epochs"] == 1 and (tmp_path / "run" / "best.keras").is_file()
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("{not json", "TF_CONFIG is not JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', 'with a "cluster" object'),
+    ('{"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 2}}',
+     "task index 2 is out of range: the cluster has 2 worker(s)"),
+    ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}', '"host:port"'),
+])
+def test_bad_tf_config_is_refused_clearly(raw, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_tf_config({"TF_CONFIG": raw})
+
+
+def test_tf_config_chief_counts_as_worker_zero():
+    cluster = {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"]}
+    assert read_tf_config({"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}})}) \
+        == {"workers": ["h0:1", "h1:1", "h2:1"], "index": 2}
+    assert read_tf_config({}) is None
+
+
+def test_unknown_strategy_is_refused(tiny_config):
+    from birdnet_tf.train.distribute import resolve
+
+    with pytest.raises(ConfigError, match="train.strategy must be one of"):
+        resolve(tiny_config.replace(["train.strategy=tpu"]))
