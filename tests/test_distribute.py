@@ -103,3 +103,4 @@ def test_unknown_strategy_is_refused(tiny_config):
 
     with pytest.raises(ConfigError, match="train.strategy must be one of"):
         resolve(tiny_config.replace(["train.strategy=tpu"]))
+
