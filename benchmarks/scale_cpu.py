@@ -11,8 +11,9 @@ the model loads included: what a user waits for), so on a few minutes of audio t
 costs weigh; ``--audio`` can point at more. The real-time factor is audio seconds / wall
 seconds. The Beam tables are checked against predict's (largest score difference).
 
-Training rows (one device against two logical devices, issue 14 item 1) belong in the
-marked place below; they are not written yet.
+Training rows (issue 14 item 1): one device against MirroredStrategy over two logical CPU
+devices, steps per second of the default model at the same global batch (marked place below;
+``--train-steps``).
 
     python benchmarks/scale_cpu.py [--export DIR] [--audio FOLDER_OR_GLOB ...] [--workers 1,2] [--json OUT]
 
@@ -106,10 +107,51 @@ def inference_rows(export: str, files: list[str], workers: list[int], tmp: Path)
 
 # ------------------------------------------------------------------ training-strategy rows
 # >>> issue 14 item 1: one-device against two-logical-device training steps per second.
-# The strategy work adds its rows here (same dict keys: row, workers, wall_s, plus its own
-# figures, e.g. steps_per_s), and main() prints them in the same table. Nothing measured yet.
+# One fresh process splits the CPU into two logical devices and trains the default model
+# (train.strategy one_device, then mirrored) on the same fixed batches of 16 (one device × 16,
+# two replicas × 8): steps per second after one warm-up step, the math held equal by
+# tests/test_distribute.py. On one CPU the two replicas share the same cores.
+TRAIN_SCRIPT = """
+import json, sys, time
+import keras, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from birdnet_tf.config import Config
+from birdnet_tf.train import loop
+from birdnet_tf.train.sources import example_source
+steps, data = int(sys.argv[1]), sys.argv[2]
+out = []
+for name, batch in (("one_device", 16), ("mirrored", 8)):
+    cfg = Config().replace([f"train.strategy={name}", f"data.batch_size={batch}", "train.warmup_epochs=0"])
+    x = np.random.default_rng(0).normal(size=(16 * (steps + 1), cfg.excerpt_samples)).astype("float32") * 0.1
+    y = np.eye(20, dtype="float32")[np.arange(len(x)) % 20]
+    keras.utils.set_random_seed(1)
+    with loop.strategy_scope(cfg):
+        model, fit_model, _ = loop.prepare_model(cfg, None, example_source(cfg, data), 20, steps, False)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    fit_model.fit(ds.take(1), epochs=1, verbose=0)
+    t0 = time.perf_counter()
+    fit_model.fit(ds.skip(1), epochs=1, verbose=0)
+    wall = time.perf_counter() - t0
+    out.append({"strategy": name, "replicas": 2 if name == "mirrored" else 1, "wall_s": wall, "steps_per_s": steps / wall})
+print(json.dumps(out))
+"""
+
+
 def training_rows(args) -> list[dict]:
-    return []
+    steps = getattr(args, "train_steps", 10)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    print(f"training: default model, global batch 16, {steps} steps, one device vs 2 logical CPU devices", flush=True)
+    proc = subprocess.run([sys.executable, "-c", TRAIN_SCRIPT, str(steps), str(REPO / "examples" / "xc-sample")],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+    if proc.returncode:
+        raise SystemExit(f"training rows failed:\n{proc.stderr[-2000:]}")
+    rows = []
+    for r in json.loads(proc.stdout.strip().splitlines()[-1]):
+        rows.append({"row": f"train {r['strategy']} ({r['replicas']} replica(s)): {r['steps_per_s']:.2f} steps/s",
+                     "workers": r["replicas"], "wall_s": r["wall_s"], "steps_per_s": r["steps_per_s"]})
+        print(f"  train {r['strategy']}: {r['steps_per_s']:.2f} steps/s", flush=True)
+    return rows
 # <<< training-strategy rows
 
 
@@ -119,6 +161,7 @@ def main() -> None:
     ap.add_argument("--audio", nargs="+", default=[str(REPO / "examples" / "xc-sample" / "audio")],
                     help="audio folders, files or globs (default: the embedded sample, 23 files, 7.7 min)")
     ap.add_argument("--workers", default="1,2", help="Beam worker counts to run (default: %(default)s)")
+    ap.add_argument("--train-steps", type=int, default=10, help="training steps timed per strategy (default: %(default)s)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
