@@ -104,3 +104,44 @@ def test_unknown_strategy_is_refused(tiny_config):
     with pytest.raises(ConfigError, match="train.strategy must be one of"):
         resolve(tiny_config.replace(["train.strategy=tpu"]))
 
+
+
+MIXED = textwrap.dedent("""
+    import json, sys
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from birdnet_tf.config import Config
+    from birdnet_tf.train import loop
+    from birdnet_tf.train.callbacks import PlateauDecay
+    from birdnet_tf.train.sources import example_source
+    settings, data = json.loads(sys.argv[1]), sys.argv[2]
+    keras.mixed_precision.set_global_policy("mixed_float16")  # what configure_precision sets on a GPU
+    cfg = Config().replace([*settings, "train.strategy=mirrored", "train.schedule=plateau",
+                            "train.warmup_epochs=1", "frontend.frontend_lr_scale=0.1"])
+    with loop.strategy_scope(cfg):
+        model, fit_model, _ = loop.prepare_model(cfg, None, example_source(cfg, data), 3, 3, False)
+    x = np.random.default_rng(0).normal(size=(24, cfg.excerpt_samples)).astype("float32") * 0.1
+    y = np.eye(3, dtype="float32")[np.arange(24) % 3]
+    plateau = PlateauDecay("loss", 1, 0.5, 1, cfg.train.learning_rate, 0.0, 3, {})
+    hist = fit_model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=2, verbose=0,
+                         callbacks=[plateau])
+    print(json.dumps({"optimizer": type(model.optimizer).__name__, "loss": hist.history["loss"],
+                      "compute": sorted({l.compute_dtype for l in model.layers})}))
+""")
+
+
+def test_mixed_precision_under_a_strategy_trains(synthetic_dataset, tiny_settings):
+    """mixed_float16 + MirroredStrategy + the frontend learning-rate multiplier + the plateau
+    schedule: Keras wraps the optimizer in a LossScaleOptimizer and the loss stays finite."""
+    import math
+
+    data = synthetic_dataset(files_per_class=1)
+    proc = run_script(MIXED, json.dumps(tiny_settings), str(data))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["optimizer"] == "LossScaleOptimizer"
+    assert "float16" in result["compute"]  # the convolutions; the frontend and output stay float32
+    assert all(math.isfinite(v) for v in result["loss"])
