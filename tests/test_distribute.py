@@ -145,3 +145,13 @@ def test_mixed_precision_under_a_strategy_trains(synthetic_dataset, tiny_setting
     assert result["optimizer"] == "LossScaleOptimizer"
     assert "float16" in result["compute"]  # the convolutions; the frontend and output stay float32
     assert all(math.isfinite(v) for v in result["loss"])
+
+
+def test_cli_strategy_multi_worker_without_tf_config(tmp_path, synthetic_dataset, monkeypatch):
+    from conftest import run_cli
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    rc, out, err = run_cli(["train", "--data", str(synthetic_dataset(files_per_class=1)), "--out", str(tmp_path / "run"),
+                            "--strategy", "multi_worker"])
+    assert rc != 0 and "needs the TF_CONFIG environment variable" in err
+    assert not (tmp_path / "run").exists()
