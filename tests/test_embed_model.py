@@ -142,3 +142,29 @@ def test_bad_inputs_give_clear_messages(tmp_path):
     (lite / "model_float32.tflite").write_bytes(b"\0" * 64)
     rc, _, err = run_cli(["embed", str(lite), str(audio / "tone1.wav"), "--out", str(tmp_path / "db2")])
     assert rc == 2 and "sidecar" in err, err
+
+
+def test_export_embeddings_signature_and_embed_from_an_export(tmp_path):
+    """The export's ``embeddings`` signature, its ``features`` half in the streaming engine and the Keras
+    model give the same vectors; ``embed`` reads an export folder."""
+    import tensorflow as tf
+    from conftest import run_cli
+
+    from birdnet_tf.embed.db import read_database
+    from birdnet_tf.export import ExportedModel, export_model
+    from birdnet_tf.infer.whole import WholeRecordingModel
+
+    model, cfg = _model(center=True, seed=2)
+    out = export_model(model, cfg, ["a", "b", "c"], tmp_path / "export", log=lambda m: None)
+    x = _noise_and_tone(9.0, seed=3)
+    sig = ExportedModel(out).signature("embeddings")(waveform=tf.constant(x))
+    keras_emb = WholeRecordingModel.from_keras(model, cfg).embed(x, window_s=2.0)
+    export_emb = WholeRecordingModel.from_export(out).embed(x, window_s=2.0)
+    np.testing.assert_allclose(sig["start_s"].numpy(), keras_emb.starts, atol=1e-6)
+    np.testing.assert_allclose(sig["vectors"].numpy(), keras_emb.vectors, atol=TOL)
+    np.testing.assert_allclose(export_emb.vectors, keras_emb.vectors, atol=TOL)
+    audio = _tone_db(tmp_path)
+    rc, _, err = run_cli(["embed", str(out), str(audio / "tone0.wav"), "--out", str(tmp_path / "db"),
+                          "--no-progress"])
+    assert rc == 0, err
+    assert read_database(tmp_path / "db").vectors.shape == (3, keras_emb.vectors.shape[1])
