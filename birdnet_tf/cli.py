@@ -367,6 +367,15 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_head(args) -> int:
+    from birdnet_tf.embed.head import train_head
+
+    _quiet_tensorflow()
+    train_head(args.db, args.labels, args.out, model=args.model, force=args.force, log=_log,
+               **given(args, "epochs"))
+    return 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -762,6 +771,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", default=None, metavar="DIR", help="cut each hit's audio into this folder")
     p.add_argument("--force", action="store_true", help="replace an existing --out / clip folder this wrote")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("head", help="fit a classifier for new sound classes on labelled windows of an embedding "
+                       "database; writes an export that predict reads")
+    p.add_argument("db", help="database folder written by birdnet-tf embed (from a run folder)")
+    p.add_argument("--labels", required=True, metavar="CSV", help="labelled stretches: file,start_s,end_s,label")
+    p.add_argument("--out", required=True, help="export folder to write")
+    p.add_argument("--model", default=None, help="the database's run folder, where it moved")
+    p.add_argument("--epochs", type=int, default=lib("birdnet_tf.embed.head.train_head", "epochs"),
+                   help="full-batch training steps (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace an export this package wrote")
+    p.set_defaults(func=cmd_head)
 
     p = sub.add_parser("config", parents=[recipe], help="print the resolved config as YAML, or check a recipe")
     p.add_argument("--check", nargs="?", const="", default=None, metavar="RECIPE",

@@ -168,3 +168,33 @@ def test_export_embeddings_signature_and_embed_from_an_export(tmp_path):
                           "--no-progress"])
     assert rc == 0, err
     assert read_database(tmp_path / "db").vectors.shape == (3, keras_emb.vectors.shape[1])
+
+
+def test_head_on_a_few_labelled_windows_finds_the_class_through_predict(tmp_path):
+    import pandas as pd
+    from conftest import run_cli
+
+    run = _run_folder(tmp_path / "run", seed=0)
+    audio = _tone_db(tmp_path)
+    db = tmp_path / "db"
+    assert run_cli(["embed", str(run), str(audio), "--out", str(db), "--no-progress"])[0] == 0
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"file": [str(audio / "tone1.wav"), "tone1.wav", str(tmp_path / "elsewhere.wav")],
+                  "start_s": [0.0, 2.0, 0.0], "end_s": [2.0, 4.0, 2.0],
+                  "label": ["whistle", "whistle", "whistle"]}).to_csv(labels, index=False)
+    rc, out, err = run_cli(["head", str(db), "--labels", str(labels), "--out", str(tmp_path / "head")])
+    assert rc == 0, err
+    assert "on 2 labelled and 16 unlabelled window(s)" in out and "not in the database" in out
+    # new recordings: the labelled tone (another phase and noise) and noise
+    rng = np.random.default_rng(5)
+    t = np.arange(4 * 22050) / 22050
+    _write(tmp_path / "new_tone.wav", 0.4 * np.sin(2 * np.pi * 3000 * t + 1.0) + 0.01 * rng.standard_normal(len(t)))
+    _write(tmp_path / "new_noise.wav", 0.2 * rng.standard_normal(len(t)))
+    rc, _, err = run_cli(["predict", str(tmp_path / "head"), str(tmp_path / "new_tone.wav"),
+                          str(tmp_path / "new_noise.wav"), "--out", str(tmp_path / "p.csv"), "--window-s", "2",
+                          "--no-progress"])
+    assert rc == 0, err
+    p = pd.read_csv(tmp_path / "p.csv")
+    tone_scores = p.loc[p["file"].str.endswith("new_tone.wav"), "whistle"]
+    noise_scores = p.loc[p["file"].str.endswith("new_noise.wav"), "whistle"]
+    assert tone_scores.min() > 0.5 > noise_scores.max(), p
