@@ -350,8 +350,8 @@ def cmd_search(args) -> int:
 
     if args.out and Path(args.out).exists() and not args.force:
         raise BirdnetError(f"{args.out}: already exists; choose another --out or pass --force")  # before any work
-    hits = search(args.db, args.query, start_s=args.start_s, end_s=args.end_s, top=args.top, model=args.model,
-                  log=_log)
+    hits = search(args.db, args.query, start_s=args.start_s, end_s=args.end_s, model=args.model, log=_log,
+                  **given(args, "top"))
     import pandas as pd
 
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
@@ -764,7 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", required=True, metavar="CLIP", help="audio clip to look for")
     p.add_argument("--start-s", type=float, default=None, help="use the query from here (seconds)")
     p.add_argument("--end-s", type=float, default=None, help="use the query up to here (seconds)")
-    p.add_argument("--top", type=int, default=10, help="hits per query window (default: %(default)s)")
+    p.add_argument("--top", type=int, default=lib("birdnet_tf.embed.embedder.search", "top"),
+                   help="hits per query window (default: %(default)s)")
     p.add_argument("--model", default=None, help="the database's model, where it moved (default: the path "
                    "the database names)")
     p.add_argument("--out", default=None, metavar="CSV", help="also write the hits table here")
