@@ -18,9 +18,8 @@ import tensorflow as tf
 
 from birdnet_tf.config import Config
 from birdnet_tf.data.augment import augment_waveform
-from birdnet_tf.data.windows import window_starts  # noqa: F401 - public here too (moved: no TF)
 from birdnet_tf.errors import AudioDecodeError
-from birdnet_tf.grid import window_starts
+from birdnet_tf.grid import window_starts  # public here too (moved to grid.py: no TF)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
