@@ -35,6 +35,7 @@ class Embedder:
     scorer: object  # WholeRecordingModel with features
     fingerprint: str
     dim: int
+    keras_model: object = None  # a run folder's Keras model (None for an export)
 
     @property
     def sample_rate(self) -> int:
@@ -102,7 +103,7 @@ def open_embedder(path: str | os.PathLike) -> Embedder:
         model, cfg, labels, _ = load_run(p)
         scorer = WholeRecordingModel.from_keras(model, cfg, labels=labels)
         dim = split_model(model, features=True)[2]["dim"]
-        return Embedder(str(p), scorer, _hash_weights(model, labels), int(dim))
+        return Embedder(str(p), scorer, _hash_weights(model, labels), int(dim), keras_model=model)
     raise BirdnetError(f"{p}: not a run folder (config.json) nor an export folder (saved_model.pb)")
 
 

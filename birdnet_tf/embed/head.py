@@ -142,12 +142,11 @@ def train_head(db: str | os.PathLike, labels_csv: str | os.PathLike, out: str | 
     log(f"fitting a head for {len(classes)} class(es) on {int(positive.sum())} labelled and {len(neg)} "
         "unlabelled window(s)")
     kernel, bias = fit_head(table.vectors[keep], targets[keep], epochs=epochs)
-    from birdnet_tf.export import export_model, load_run
+    from birdnet_tf.export import export_model
 
-    keras_model, cfg, _, _ = load_run(source)
-    cfg = cfg.replace({"model.temporal_pooling": "mean", "model.output_activation": "sigmoid",
+    cfg = embedder.scorer.config.replace({"model.temporal_pooling": "mean", "model.output_activation": "sigmoid",
                        "data.excerpt_s": facts.window_s, "data.eval_hop_s": facts.hop_s})
-    return export_model(stacked_model(keras_model, kernel, bias), cfg, classes, out, force=force, log=log,
+    return export_model(stacked_model(embedder.keras_model, kernel, bias), cfg, classes, out, force=force, log=log,
                         hop_s=facts.hop_s, window_s=facts.window_s,
                         extra={"head_on_embeddings": {"database": str(db), "labels": str(labels_csv),
                                                       "source_run": str(source.resolve()),
