@@ -5,8 +5,8 @@ the mean of the backbone's per-step features (the input of the class-logits laye
 steps that the window's scores pool, computed in the one whole-recording pass. A model is a
 run folder (its ``best.keras``) or an export folder (its ``features`` signature).
 
-The database's :class:`~birdnet_tf.embed.db.EmbeddingFacts` name the model and its
-fingerprint (a hash of the weights and the labels): a query embedded by another model is
+The database's :class:`~birdnet_tf.embed.db.EmbeddingFacts` name the model (its absolute
+path, so ``search`` finds it from any folder) and its fingerprint (a hash of the weights and the labels): a query embedded by another model is
 refused, as is adding its vectors to the database.
 """
 
@@ -95,7 +95,7 @@ def open_embedder(path: str | os.PathLike) -> Embedder:
                                "(made by an older birdnet-tf; export it again)")
         scorer = WholeRecordingModel.from_export(exported)
         weights = sorted((p / "variables").glob("variables.*"))
-        return Embedder(str(p), scorer, _hash_files(weights, exported.labels), int(facts["dim"]))
+        return Embedder(str(p.resolve()), scorer, _hash_files(weights, exported.labels), int(facts["dim"]))
     if (p / "config.json").is_file():
         from birdnet_tf.export import load_run
         from birdnet_tf.models.surgery import split_model
@@ -103,7 +103,7 @@ def open_embedder(path: str | os.PathLike) -> Embedder:
         model, cfg, labels, _ = load_run(p)
         scorer = WholeRecordingModel.from_keras(model, cfg, labels=labels)
         dim = split_model(model, features=True)[2]["dim"]
-        return Embedder(str(p), scorer, _hash_weights(model, labels), int(dim), keras_model=model)
+        return Embedder(str(p.resolve()), scorer, _hash_weights(model, labels), int(dim), keras_model=model)
     raise BirdnetError(f"{p}: not a run folder (config.json) nor an export folder (saved_model.pb)")
 
 
