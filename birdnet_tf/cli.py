@@ -335,6 +335,49 @@ def cmd_teacher(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from birdnet_tf.embed.embedder import embed_files
+
+    done, failures = embed_files(args.model, args.inputs, args.out, window_s=args.window_s, hop_s=args.hop_s,
+                                 force=args.force, progress=not args.no_progress, log=_log)
+    _log(f"wrote {args.out}: vectors of {done} recording(s)"
+         + (f"; {len(failures)} input(s) skipped:" if failures else ""))
+    for path, reason in failures:
+        _log(f"  {about(path, reason)}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from birdnet_tf.embed.embedder import search
+
+    if args.out and Path(args.out).exists() and not args.force:
+        raise BirdnetError(f"{args.out}: already exists; choose another --out or pass --force")  # before any work
+    hits = search(args.db, args.query, start_s=args.start_s, end_s=args.end_s, model=args.model, log=_log,
+                  **given(args, "top"))
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
+        print(hits.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        from birdnet_tf.infer.predict import write_table
+
+        _log(f"wrote {write_table(hits, args.out, force=args.force)}")
+    if args.clips:
+        from birdnet_tf.embed.search import cut_clips
+
+        _log(f"cut {len(cut_clips(hits, args.clips, force=args.force))} clip(s) into {args.clips}")
+    return 0
+
+
+def cmd_head(args) -> int:
+    from birdnet_tf.embed.head import train_head
+
+    _quiet_tensorflow()
+    train_head(args.db, args.labels, args.out, model=args.model, force=args.force, log=_log,
+               **given(args, "epochs"))
+    return 0
+
+
 def cmd_config(args) -> int:
     import yaml
 
@@ -710,6 +753,41 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true",
                    help="replace a table this command wrote with other settings (resuming needs no --force)")
     t.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("embed", parents=[quiet], help="write per-window embeddings of audio files to a database "
+                       "(Parquet; resumable)")
+    p.add_argument("model", help="run folder or exported model folder")
+    p.add_argument("inputs", nargs="+", metavar="AUDIO_OR_DIR", help="audio files and/or folders")
+    p.add_argument("--out", required=True, metavar="DB", help="database folder to write or add to")
+    p.add_argument("--window-s", type=float, default=None, help="window length (default: the model's excerpt)")
+    p.add_argument("--hop-s", type=float, default=None, help="hop between windows (default: --window-s)")
+    p.add_argument("--force", action="store_true", help="start a database this command wrote afresh")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("search", help="find the windows of an embedding database most like a query clip")
+    p.add_argument("db", help="database folder written by birdnet-tf embed")
+    p.add_argument("--query", required=True, metavar="CLIP", help="audio clip to look for")
+    p.add_argument("--start-s", type=float, default=None, help="use the query from here (seconds)")
+    p.add_argument("--end-s", type=float, default=None, help="use the query up to here (seconds)")
+    p.add_argument("--top", type=int, default=lib("birdnet_tf.embed.embedder.search", "top"),
+                   help="hits per query window (default: %(default)s)")
+    p.add_argument("--model", default=None, help="the database's model, where it moved (default: the path "
+                   "the database names)")
+    p.add_argument("--out", default=None, metavar="CSV", help="also write the hits table here")
+    p.add_argument("--clips", default=None, metavar="DIR", help="cut each hit's audio into this folder")
+    p.add_argument("--force", action="store_true", help="replace an existing --out / clip folder this wrote")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("head", help="fit a classifier for new sound classes on labelled windows of an embedding "
+                       "database; writes an export that predict reads")
+    p.add_argument("db", help="database folder written by birdnet-tf embed (from a run folder)")
+    p.add_argument("--labels", required=True, metavar="CSV", help="labelled stretches: file,start_s,end_s,label")
+    p.add_argument("--out", required=True, help="export folder to write")
+    p.add_argument("--model", default=None, help="the database's run folder, where it moved")
+    p.add_argument("--epochs", type=int, default=lib("birdnet_tf.embed.head.train_head", "epochs"),
+                   help="full-batch training steps (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="replace an export this package wrote")
+    p.set_defaults(func=cmd_head)
 
     p = sub.add_parser("config", parents=[recipe], help="print the resolved config as YAML, or check a recipe")
     p.add_argument("--check", nargs="?", const="", default=None, metavar="RECIPE",

@@ -60,6 +60,10 @@ SIGNATURES = {
             "(attention:K pooling: [batch, steps, classes + K*classes], the attention logits after the class logits)",
     "metadata_logits": "metadata float32 [batch, F] -> logits [batch, classes] (combined audio + metadata models: "
                        "the bias added to the pooled logits)",
+    "features": "frames [batch, frames, bands] (as for body) -> features [batch, steps, dim] (the input of the "
+                "class-logits layer)",
+    "embeddings": "waveform float32 [samples] (one recording) -> vectors [windows, dim] (the mean of the features "
+                  "over the steps each window's scores pool), start_s, end_s [windows], sample_rate_hz []",
 }
 
 
@@ -106,7 +110,7 @@ def _metadata_serving_fn(model, min_len: int, n_features: int, with_waveform: bo
 
 
 def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float, hop_s: float):
-    """The ``front``, ``body`` and ``windows`` signatures and the facts saved with them.
+    """The ``front``, ``body``, ``windows``, ``features`` and ``embeddings`` signatures and the facts saved with them.
 
     ``front``: ``waveform float32 [batch, samples]`` → ``frames [batch, frames, bands]``;
     ``body``: ``frames`` (band-centred when the model centres) → ``logits [batch, steps, classes]``;
@@ -117,6 +121,10 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
     A combined audio + metadata model also gets ``metadata_logits``: ``metadata float32 [batch, F]``
     → ``logits [batch, classes]`` (its metadata network), and its ``windows`` takes the
     recording's ``metadata float32 [F]`` too, adding those logits to every window's pooled logits.
+
+    ``features`` is ``body`` cut before its class logits (``[batch, steps, dim]``) and ``embeddings``
+    gives one recording's per-window vectors (their mean over each window's steps) on the
+    ``windows`` grid, as :meth:`birdnet_tf.infer.whole.WholeRecordingModel.embed` does.
     """
     import tensorflow as tf
 
@@ -125,6 +133,7 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
     from birdnet_tf.models.surgery import metadata_bias_model, probe_geometry, split_model
 
     front, body, facts = split_model(model)
+    _, feature_body, feature_facts = split_model(model, features=True)
     meta_model = metadata_bias_model(model) if facts.get("metadata") else None
     fe, sr = cfg.frontend, cfg.audio.sample_rate_hz
     geo = probe_geometry(body, fe.n_mels, fe.hop_length, fe.n_fft, sr)
@@ -140,7 +149,8 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
     def body_fn(frames):
         return {"logits": body(frames, training=False)}
 
-    def windows(waveform, bias=None):
+    def per_step(waveform, net):
+        """``(n, starts, idx, steps, out)``: ``net``'s per-step output over the recording and each window's steps."""
         n = tf.shape(waveform)[0]
         x = tf.cond(n >= min_len, lambda: waveform,
                     lambda: tf.tile(tf.cond(n > 0, lambda: waveform, lambda: tf.zeros([1])),
@@ -148,25 +158,41 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
         frames = front(x[tf.newaxis], training=False)
         if facts["center"]:
             frames = frames - tf.reduce_mean(frames, axis=1, keepdims=True)
-        logits = tf.cast(body(frames, training=False)[0], tf.float32)  # [steps, classes]
-        steps = tf.shape(logits)[0]
+        out = tf.cast(net(frames, training=False)[0], tf.float32)  # [steps, classes or dim]
+        steps = tf.shape(out)[0]
         starts = tf.range(0, tf.maximum(n, 1), hop)
         # birdnet_tf.grid.regular_starts: no last window under MIN_WINDOW_S
         starts = tf.boolean_mask(starts, (starts == 0) | (tf.cast(starts, tf.float32) + MIN_WINDOW_S * sr
                                                            < tf.cast(n, tf.float32)))
         first = tf.clip_by_value(tf.cast(tf.round(tf.cast(starts, tf.float32) / geo.stride_samples), tf.int32),
                                  0, steps - 1)
-        idx = first[:, None] + tf.range(per_window)[None, :]
+        return n, starts, first[:, None] + tf.range(per_window)[None, :], steps, out
+
+    def times(starts, n):
+        return {"start_s": tf.cast(starts, tf.float32) / sr,
+                "end_s": tf.cast(tf.minimum(starts + window, n), tf.float32) / sr, "sample_rate_hz": tf.constant(sr, tf.int32)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, fe.n_mels], tf.float32, name="frames")])
+    def features_fn(frames):
+        return {"features": tf.cast(feature_body(frames, training=False), tf.float32)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
+    def embeddings_fn(waveform):
+        n, starts, idx, steps, feats = per_step(waveform, feature_body)
+        valid = tf.cast(idx < steps, tf.float32)[:, :, None]  # windows running past the end average what there is
+        picked = tf.gather(feats, tf.minimum(idx, steps - 1)) * valid
+        return {"vectors": tf.reduce_sum(picked, axis=1) / tf.reduce_sum(valid, axis=1), **times(starts, n)}
+
+    def windows(waveform, bias=None):
+        n, starts, idx, steps, logits = per_step(waveform, body)
         # [windows, per_window, classes (+ attention logits)], steps past the end masked out
         pooled = pool_packed(tf.gather(logits, tf.minimum(idx, steps - 1)), facts["pooling"], mask=idx < steps)
         if bias is not None:  # the combined model's metadata logits: one bias per class for the recording
             pooled = pooled + bias[None, :]
         scores = tf.nn.softmax(pooled) if facts["activation"] == "softmax" else tf.sigmoid(pooled)
-        return {"scores": scores, "start_s": tf.cast(starts, tf.float32) / sr,
-                "end_s": tf.cast(tf.minimum(starts + window, n), tf.float32) / sr,
-                "labels": tf.constant(list(labels)), "sample_rate_hz": tf.constant(sr, tf.int32)}
+        return {"scores": scores, "labels": tf.constant(list(labels)), **times(starts, n)}
 
-    fns = {"front": front_fn, "body": body_fn}
+    fns = {"front": front_fn, "body": body_fn, "features": features_fn, "embeddings": embeddings_fn}
     if meta_model is None:
         fns["windows"] = tf.function(windows, input_signature=[tf.TensorSpec([None], tf.float32, name="waveform")])
     else:
@@ -184,7 +210,7 @@ def _whole_recording_fns(model, cfg: Config, labels: list[str], window_s: float,
         fns.update(windows=windows_meta_fn, metadata_logits=metadata_logits_fn)
 
     facts = {**facts, "stride_frames": geo.stride, "field_frames": geo.field, "window_s": window / sr,
-             "hop_s": hop / sr}
+             "hop_s": hop / sr, "features": True, "dim": feature_facts["dim"]}
     return fns, facts
 
 
@@ -313,6 +339,13 @@ def check_export(path: str | os.PathLike, cfg: Config, n_classes: int) -> dict[s
                                f"(shape {ws.shape}) on a 10-s test recording")
         if len(win["labels"].numpy()) != n_classes or int(win["sample_rate_hz"].numpy()) != sr:
             raise BirdnetError(f"{path}: the 'windows' signature reports wrong labels or sample rate")
+        if "embeddings" in loaded.signatures:
+            emb = loaded.signatures["embeddings"](waveform=tf.constant(rec.astype(np.float32)))
+            vec = emb["vectors"].numpy()
+            if vec.ndim != 2 or vec.shape[0] != ws.shape[0] or not np.all(np.isfinite(vec)) \
+                    or not np.allclose(emb["start_s"].numpy(), win["start_s"].numpy()):
+                raise BirdnetError(f"{path}: the 'embeddings' signature gives wrong or non-finite vectors "
+                                   f"(shape {vec.shape}, {ws.shape[0]} windows) on a 10-s test recording")
     return dict(zip(signals, scores))
 
 

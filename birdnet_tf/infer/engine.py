@@ -82,6 +82,26 @@ class WindowScores:
         return pool(self.scores, method)
 
 
+@dataclass(frozen=True)
+class WindowEmbeddings:
+    """Per-window vectors of one recording: the mean of the backbone's per-step features
+    (the input of the class-logits layer) over the steps each window's scores pool.
+
+    Attributes:
+        file: The recording's path, or None for a waveform given as an array.
+        starts, ends: float64 ``[windows]``, seconds (ends cut at the recording's end).
+        vectors: float32 ``[windows, dim]``.
+        sample_rate: Hz; n_samples: the recording's length at that rate.
+    """
+
+    file: str | None
+    starts: np.ndarray
+    ends: np.ndarray
+    vectors: np.ndarray
+    sample_rate: int
+    n_samples: int
+
+
 def label_order(labels: Sequence[str], target: Sequence[str]) -> np.ndarray:
     """Indices that put columns in ``labels`` order into ``target`` order (the same set of names)."""
     index = {label: j for j, label in enumerate(labels)}

@@ -49,7 +49,7 @@ import numpy as np
 from birdnet_tf.config import Config
 from birdnet_tf.errors import AudioDecodeError, BirdnetError
 from birdnet_tf.grid import Grid
-from birdnet_tf.infer.engine import Scorer, WindowScores
+from birdnet_tf.infer.engine import Scorer, WindowEmbeddings, WindowScores
 from birdnet_tf.models.surgery import (StepGeometry, metadata_bias_model, missing_metadata, pooled_classes,
                                        probe_geometry, split_model)
 
@@ -204,12 +204,16 @@ class WholeRecordingModel(Scorer):
         batch_size: Segments per body call.
         front_s: Audio per front call.
         labels: Class names in score order (an export's; None when unknown).
+        features: ``float32 [batch, frames, bands]`` → ``[batch, steps, dim]``, the body cut
+            before its class logits (:func:`split_model` with ``features``), for :meth:`embed`;
+            None when the model gives no embeddings.
     """
 
     def __init__(self, front, body, cfg: Config, geometry: StepGeometry, center: bool, pooling: str,
                  activation: str, segment_s: float = 20.0, batch_size: int = 2, front_s: float = 10.0,
-                 metadata_bias=None, labels: list[str] | None = None, numpy_pooling: bool = False):
-        self._front, self._body = front, body
+                 metadata_bias=None, labels: list[str] | None = None, numpy_pooling: bool = False,
+                 features=None):
+        self._front, self._body, self._features = front, body, features
         # the LiteRT runtime pools with the NumPy twin of pool_packed: it never imports TensorFlow
         self.numpy_pooling = bool(numpy_pooling)
         self.config, self.sample_rate = cfg, geometry.sample_rate_hz
@@ -237,8 +241,11 @@ class WholeRecordingModel(Scorer):
         if facts.pop("metadata", False):
             m = metadata_bias_model(model)
             bias = lambda x: np.asarray(m(np.asarray(x, np.float32), training=False), np.float32)  # noqa: E731
+        feats = split_model(model, features=True)[1]
+        e = tf.function(lambda x: tf.cast(feats(x, training=False), tf.float32),
+                        input_signature=[tf.TensorSpec([None, None, fe.n_mels], tf.float32)])
         return cls(lambda x: f(x).numpy(), lambda x: b(x).numpy(), cfg, geometry, **facts, metadata_bias=bias,
-                   **kwargs)
+                   features=lambda x: e(x).numpy(), **kwargs)
 
     @classmethod
     def from_export(cls, path: str | os.PathLike, **kwargs) -> "WholeRecordingModel":
@@ -260,9 +267,13 @@ class WholeRecordingModel(Scorer):
 
             meta = exported.signature("metadata_logits")
             bias = lambda x: meta(metadata=tf.constant(np.asarray(x, np.float32)))["logits"].numpy()  # noqa: E731
+        features = None
+        if facts.get("features"):
+            feats = exported.signature("features")
+            features = lambda x: feats(frames=x)["features"].numpy()  # noqa: E731
         return cls(lambda x: front(waveform=x)["frames"].numpy(), lambda x: body(frames=x)["logits"].numpy(),
                    cfg, geometry, facts["center"], facts["pooling"], facts["activation"], metadata_bias=bias,
-                   **{"labels": exported.labels, **kwargs})
+                   **{"labels": exported.labels, "features": features, **kwargs})
 
     @property
     def uses_metadata(self) -> bool:
@@ -325,6 +336,15 @@ class WholeRecordingModel(Scorer):
 
         (With attention pooling, ``[steps, classes + K·classes]``: the body's packed output, see :func:`split_model`.)
         """
+        return self._steps(specs, self._body)
+
+    def step_features(self, specs: list[Frames | np.ndarray]) -> list[np.ndarray]:
+        """Per-step backbone features ``[steps, dim]`` of each (centred) spectrogram (see :meth:`embed`)."""
+        if self._features is None:
+            raise BirdnetError("this model gives no embeddings (an export made before embeddings; export it again)")
+        return self._steps(specs, self._features)
+
+    def _steps(self, specs: list[Frames | np.ndarray], body) -> list[np.ndarray]:
         g = self.geometry
         specs = [s if isinstance(s, Frames) else Frames([s]) for s in specs]
         segments = [s for i, spec in enumerate(specs) for s in self._segments(i, spec)]  # views, mostly
@@ -341,7 +361,7 @@ class WholeRecordingModel(Scorer):
         for group in by_len.values():
             for i in range(0, len(group), self.batch_size):
                 batch = group[i:i + self.batch_size]
-                logits = self._body(np.stack([s.frames for s in batch]))
+                logits = body(np.stack([s.frames for s in batch]))
                 for s, lg in zip(batch, logits):
                     out[s.file].append((s.first_step, lg[:s.n_steps]))
         return [np.concatenate([lg for _, lg in sorted(parts, key=lambda p: p[0])]) for parts in out]
@@ -379,6 +399,34 @@ class WholeRecordingModel(Scorer):
         pooled = pool_packed(logits[np.minimum(idx, n_steps - 1)], self.pooling, mask=valid)
         return self._activate(np.asarray(pooled, np.float64) + shift)
 
+    def window_vectors(self, features: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
+        """Vectors ``[len(starts), dim]``: the mean of the per-step ``features`` each window's scores pool."""
+        g = self.geometry
+        n_steps = len(features)
+        if not len(starts) or not n_steps:
+            return np.zeros((0, features.shape[-1] if features.ndim == 2 else 0), np.float32)
+        per_window = max(1, g.steps(g.frames(window)))
+        first = np.clip(np.round(np.asarray(starts) / g.stride_samples).astype(np.int64), 0, n_steps - 1)
+        idx = first[:, None] + np.arange(per_window)[None, :]
+        valid = (idx < n_steps).astype(np.float64)  # windows running past the last step average what there is
+        picked = features[np.minimum(idx, n_steps - 1)].astype(np.float64)
+        return ((picked * valid[..., None]).sum(axis=1) / valid.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def embed(self, source, window_s: float | None = None, hop_s: float | None = None, *, grid: Grid | None = None,
+              log=None) -> WindowEmbeddings:
+        """Per-window embeddings of one recording from the same single pass that scores it.
+
+        A window on the step grid averages exactly the steps that the window run alone gives
+        (given the same band-centring statistics), so its vector equals the window's own.
+        """
+        grid = grid or self.grid(window_s, hop_s)
+        spec, n = self._read_named(source, grid, log)
+        feats = self.step_features([self.centre(spec)])[0]
+        sr = self.geometry.sample_rate_hz
+        starts = grid.starts(n)
+        return WindowEmbeddings(None if isinstance(source, np.ndarray) else str(source), starts / sr,
+                                grid.ends(starts, n) / sr, self.window_vectors(feats, starts, grid.window), sr, n)
+
     def _activate(self, pooled: np.ndarray) -> np.ndarray:
         if self.activation == "softmax":
             return _softmax(pooled.astype(np.float64)).astype(np.float32)
@@ -401,6 +449,14 @@ class WholeRecordingModel(Scorer):
             log(f"warning: {w.message}")
         return spec, n
 
+    def _read_named(self, source, grid: Grid, log) -> tuple[Frames, int]:
+        """:meth:`_read` for one recording whose errors name it."""
+        try:
+            return self._read(source, grid.window, log or (lambda msg: print(msg, file=sys.stderr)))
+        except BirdnetError as e:  # decoding errors name the file already
+            where = "waveform" if isinstance(source, np.ndarray) else str(source)
+            raise type(e)(str(e) if where in str(e) else f"{where}: {e}") from None
+
     def _bias_of(self, metadata: np.ndarray | None) -> np.ndarray | None:
         if self._bias is None or metadata is None:
             return None
@@ -416,11 +472,7 @@ class WholeRecordingModel(Scorer):
     def score(self, source, window_s=None, hop_s=None, *, grid=None, metadata=None, log=None) -> WindowScores:
         """One recording (see :meth:`birdnet_tf.infer.engine.Scorer.score`); errors name the file."""
         grid = grid or self.grid(window_s, hop_s)
-        try:
-            spec, n = self._read(source, grid.window, log or (lambda msg: print(msg, file=sys.stderr)))
-        except BirdnetError as e:  # decoding errors name the file already
-            where = "waveform" if isinstance(source, np.ndarray) else str(source)
-            raise type(e)(str(e) if where in str(e) else f"{where}: {e}") from None
+        spec, n = self._read_named(source, grid, log)
         logits = self.step_logits([self.centre(spec)])[0]
         return self._windows(source, logits, n, grid, self._bias_of(metadata))
 

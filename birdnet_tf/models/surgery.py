@@ -82,8 +82,12 @@ def pooled_classes(width: int, method: str) -> int:
     return width // (1 + attention_heads(method))
 
 
-def split_model(model):
+def split_model(model, features: bool = False):
     """Splits a :func:`~birdnet_tf.models.build.build_model` model: ``(front, body, facts)``.
+
+    With ``features`` the body gives the backbone's per-step features instead of logits (the
+    input of the ``frame_logits`` layer, ``[batch, steps, dim]``: what embeddings average), and
+    ``facts`` has ``dim``.
 
     ``front``: waveform ``[batch, samples]`` → magnitude-scaled mel frames ``[batch, frames, bands]``;
     ``body``: (band-centred) frames → per-step logits ``[batch, steps, classes]``; ``facts``:
@@ -121,7 +125,9 @@ def split_model(model):
         if len(model.inputs) > 1 else model.input
     front = keras.Model(wave_in, front_out, name="front")
     pooling = model.get_layer("temporal_pooling")
-    if getattr(pooling, "heads", 0):
+    if features:
+        body_out = model.get_layer("frame_logits").input
+    elif getattr(pooling, "heads", 0):
         ins = pooling.input if isinstance(pooling.input, (list, tuple)) else [pooling.input]
         body_out = _pack_attention(pooling, name="packed_attention")(*ins)
     else:
@@ -131,6 +137,8 @@ def split_model(model):
              "activation": model.get_layer("scores").get_config()["activation"]}
     if with_metadata:
         facts["metadata"] = True
+    if features:
+        facts["dim"] = int(body_out.shape[-1])
     return front, body, facts
 
 
