@@ -15,13 +15,15 @@ Rows: the default recipe without teachers; born-again generations 1 and 2 (each 
 best model teaches the next); the mean of those three own models as teacher (as window tables,
 see :func:`own_table`); BirdNET's
 complete window table as teacher (the shipped ``pipelines/distill_birdnet.yaml``, run twice
-for the spread); BirdNET + the own ensemble as teachers; BirdNET zero-shot itself (its
+for the spread); BirdNET + the own ensemble as teachers; BirdNET's table plus its embeddings of
+the training files as feature targets (``birdnet+features``, twice; ``distill.features``); BirdNET zero-shot itself (its
 labels mapped; the two species it lacks score 0).
 
     bash benchmarks/birdnet_env.sh                                     # BirdNET's own environment
     birdnet-tf teacher birdnet ../shared/data/xc-pr20 --out runs/xc-pr20-birdnet.csv
     python benchmarks/distill_xc_pr20.py --table runs/xc-pr20-birdnet.csv [--runs runs/distill-bench]
         [--rows default,ban-1,...] [--reuse ROW=RUN_DIR ...] [--json out.json]
+        [--features EMB.npz --feature-set distill.feature_weight=1 ...]   # the birdnet+features rows
 
 Run folders are resumable: the same command continues interrupted rows and skips finished
 ones. ``--reuse ROW=RUN_DIR`` scores an existing run folder as that row; ``train`` refuses it
@@ -42,7 +44,8 @@ sys.path.insert(0, str(HERE))
 from _common import REPO, machine, xc_pr20  # noqa: E402
 
 SHIPPED = REPO / "pipelines" / "distill_birdnet.yaml"
-ROWS = ("default", "ban-1", "ban-2", "own-ensemble", "birdnet", "birdnet-run2", "birdnet+own")
+ROWS = ("default", "ban-1", "ban-2", "own-ensemble", "birdnet", "birdnet-run2", "birdnet+own",
+        "birdnet+features", "birdnet+features-run2")
 OWN = ("default", "ban-1", "ban-2")
 
 
@@ -74,8 +77,11 @@ def own_table(run: Path, data: Path) -> Path:
     return out
 
 
-def row_recipe(row: str, run_of: dict, table: str, data: Path) -> tuple[str | None, list[str]]:
-    """``(recipe file or None, --set overrides)`` of a row; ``run_of`` maps rows to run folders."""
+def row_recipe(row: str, run_of: dict, table: str, data: Path, features: str | None = None,
+               feature_sets: tuple[str, ...] = ()) -> tuple[str | None, list[str]]:
+    """``(recipe file or None, --set overrides)`` of a row; ``run_of`` maps rows to run folders;
+    ``features``: BirdNET's embedding table of the training files (the ``birdnet+features`` rows,
+    the shipped recipe plus ``distill.features`` and ``feature_sets``)."""
     def teachers(paths):
         return [f"distill.teachers=[{','.join(str(p) for p in paths)}]"]
 
@@ -96,6 +102,10 @@ def row_recipe(row: str, run_of: dict, table: str, data: Path) -> tuple[str | No
         weights.write_text(json.dumps({"weights": {str(Path(table).resolve()): 3.0,
                                                    **{str(p.resolve()): 1.0 for p in own}}}))
         return str(SHIPPED), teachers([table, *own]) + [f"distill.weights={weights}"]
+    if row in ("birdnet+features", "birdnet+features-run2"):
+        if not features:
+            raise SystemExit(f"row {row} needs --features EMB.npz (teacher birdnet --embeddings --split ...)")
+        return str(SHIPPED), teachers([table]) + [f"distill.features={features}", *feature_sets]
     raise SystemExit(f"unknown row {row!r} (rows: {', '.join(ROWS)})")
 
 
@@ -106,6 +116,10 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows to train and score")
     ap.add_argument("--reuse", action="append", default=[], metavar="ROW=RUN_DIR",
                     help="an existing run folder (same recipe and teachers) to use as ROW")
+    ap.add_argument("--features", default=None,
+                    help="BirdNET's embedding table of the training files, for the birdnet+features rows")
+    ap.add_argument("--feature-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra settings of the birdnet+features rows (e.g. distill.feature_weight=3)")
     ap.add_argument("--cache", default=str(REPO / ".cache" / "distill-soundscapes"))
     ap.add_argument("--birdnet-env", default=None)
     ap.add_argument("--json", default=None, help="write every figure here too")
@@ -140,7 +154,7 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     for row in wanted:
-        recipe, sets = row_recipe(row, run_of, args.table, data)
+        recipe, sets = row_recipe(row, run_of, args.table, data, args.features, tuple(args.feature_set))
         run = run_of[row]
         print(f"\n=== {row}: {recipe or 'default recipe'} {' '.join(sets)} -> {run}", flush=True)
         cfg = load_config(recipe, sets)
@@ -174,11 +188,13 @@ def main() -> None:
     k = bn_file["known_species"]
     print(f"(BirdNET on the {k['n_files']} files of the {bn_file['species_known']} species it knows: "
           f"MRR {k['mrr']:.3f}, cmAP {k['cmap']:.3f})")
-    shipped = [results[r] for r in ("birdnet", "birdnet-run2") if r in results]
-    if len(shipped) == 2:
-        for key, part in (("mrr", "file"), ("cmap", "file"), ("cmap", "soundscape")):
-            a, b = (x[part][key] for x in shipped)
-            print(f"shipped recipe, two runs: {part} {key} {min(a, b):.3f}..{max(a, b):.3f} (mean {(a + b) / 2:.3f})")
+    for name, pair in (("shipped recipe", ("birdnet", "birdnet-run2")),
+                       ("with BirdNET's embeddings", ("birdnet+features", "birdnet+features-run2"))):
+        both = [results[r] for r in pair if r in results]
+        if len(both) == 2:
+            for key, part in (("mrr", "file"), ("cmap", "file"), ("cmap", "soundscape")):
+                a, b = (x[part][key] for x in both)
+                print(f"{name}, two runs: {part} {key} {min(a, b):.3f}..{max(a, b):.3f} (mean {(a + b) / 2:.3f})")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
 

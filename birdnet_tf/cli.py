@@ -331,7 +331,8 @@ def cmd_teacher(args) -> int:
 
     teacher_birdnet(args.data, args.out, labels=args.labels, workers=args.workers, env=args.birdnet_env,
                     setup=args.setup, all_species=args.all_species, force=args.force,
-                    progress=not args.no_progress, log=_log, **given(args, "overlap_s"))
+                    progress=not args.no_progress, embeddings=args.embeddings, split=args.split, log=_log,
+                    **given(args, "overlap_s"))
     return 0
 
 
@@ -752,6 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep all 6,522 BirdNET species as columns, not only those that map onto DATA's labels")
     t.add_argument("--force", action="store_true",
                    help="replace a table this command wrote with other settings (resuming needs no --force)")
+    t.add_argument("--embeddings", action="store_true",
+                   help="write BirdNET's 1,024-d window embeddings (an .npz embedding table for distill.features) "
+                        "instead of species scores")
+    t.add_argument("--split", metavar="SPLIT_CSV", default=None,
+                   help="a run's split.csv (or run folder): only its training files are scored or embedded")
     t.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("embed", parents=[quiet], help="write per-window embeddings of audio files to a database "

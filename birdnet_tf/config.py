@@ -224,6 +224,13 @@ class DistillConfig:
     unlabeled: tuple[str, ...] = ()
     pseudo_ratio: float = 0.25
     pseudo_min_confidence: float = 0.5
+    # feature distillation (birdnet_tf.distill.features): an embedding table of the training recordings
+    # (teacher birdnet --embeddings); an auxiliary head (dropped at export) fits each excerpt's pooled
+    # teacher embedding, reduced to feature_dims principal components of the training windows (0: all),
+    # by a cosine loss weighted by feature_weight
+    features: str = ""
+    feature_weight: float = 1.0
+    feature_dims: int = 128
 
 
 @dataclass(frozen=True)

@@ -151,18 +151,21 @@ def map_birdnet_species(birdnet: Sequence[str], labels: Sequence[str],
 class BirdnetWorker:
     """A running :mod:`~birdnet_tf.distill.birdnet_worker` in the BirdNET environment.
 
-    Use as a context manager; :meth:`score` scores decoded 48-kHz signals.
+    Use as a context manager; :meth:`score` scores decoded 48-kHz signals (with ``embeddings``:
+    returns BirdNET's 1,024-d window embeddings instead of species scores).
     """
 
-    def __init__(self, python: Path, species: Sequence[str], overlap_s: float = 0.0, workers: int = 2) -> None:
+    def __init__(self, python: Path, species: Sequence[str], overlap_s: float = 0.0, workers: int = 2,
+                 embeddings: bool = False) -> None:
         self.species = list(species)
+        self._key = "embeddings" if embeddings else "scores"
         self._tmp = tempfile.TemporaryDirectory(prefix="birdnet-tf-teacher-")
         spec = Path(self._tmp.name) / "species.json"
         spec.write_text(json.dumps(self.species), encoding="utf-8")
         self._stderr = open(Path(self._tmp.name) / "stderr.txt", "w+", encoding="utf-8")  # noqa: SIM115
         self._proc = subprocess.Popen(
             _worker_cmd(python, "--species", str(spec), "--overlap-s", repr(float(overlap_s)),
-                        "--workers", str(int(workers))),
+                        "--workers", str(int(workers)), *(["--embeddings"] if embeddings else [])),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=_clean_env())
         ready = self._reply()
         self.version = ready.get("version", "BirdNET V2.4")
@@ -178,7 +181,8 @@ class BirdnetWorker:
         return msg
 
     def score(self, signals: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float, float]:
-        """Scores 48-kHz float32 signals: per signal ``[windows, species]``, plus hop and window length (s)."""
+        """Scores 48-kHz float32 signals: per signal ``[windows, species]`` (or ``[windows, 1024]``
+        embeddings), plus hop and window length (s)."""
         folder = Path(tempfile.mkdtemp(dir=self._tmp.name))
         inputs = []
         for i, x in enumerate(signals):
@@ -189,7 +193,7 @@ class BirdnetWorker:
         self._proc.stdin.flush()
         self._reply()
         with np.load(out) as d:
-            scores, n = d["scores"], d["n_windows"]
+            scores, n = d[self._key], d["n_windows"]
             hop_s, seg_s = float(d["hop_s"]), float(d["segment_s"])
         for p in [*inputs, out]:
             with contextlib.suppress(OSError):
@@ -392,6 +396,7 @@ def _audio_files(folder: Path) -> list[tuple[str, str]]:
 def teacher_birdnet(data_dir: str | os.PathLike, out: str | os.PathLike, *, labels: str | os.PathLike | None = None,
                     overlap_s: float = 0.0, workers: int = 2, env: str | os.PathLike | None = None,
                     setup: bool = False, all_species: bool = False, force: bool = False, progress: bool = True,
+                    embeddings: bool = False, split: str | os.PathLike | None = None,
                     log: Callable[[str], None] = print) -> dict:
     """``birdnet-tf teacher birdnet DATA --out TABLE``: BirdNET's complete table for a dataset.
 
@@ -401,10 +406,22 @@ def teacher_birdnet(data_dir: str | os.PathLike, out: str | os.PathLike, *, labe
     ``data_dir`` may be any folder of audio files, e.g. unlabelled recordings for
     pseudo-labels; every audio file under it is scored. Rows name files by their path
     relative to ``data_dir``. Returns the sidecar (see :func:`score_files`).
+
+    ``embeddings``: BirdNET's 1,024-d window embeddings instead of scores, an embedding table
+    (:func:`embed_files`) for feature distillation. ``split``: a run's ``split.csv``; only its
+    ``train`` files are scored or embedded (a validation recording never teaches).
     """
     if not 0 <= overlap_s < 3:
         raise BirdnetError(f"--overlap-s must be in [0, 3) seconds, got {overlap_s:g}")
     data = Path(data_dir)
+    if embeddings:
+        files = _audio_files(data) if labels is not None else [
+            (str(r.key), str(r.path)) for r in _dataset_labels(data)[1].itertuples()]
+        files = _training_files(files, split)
+        python = setup_birdnet_env(env, log) if setup else find_birdnet_env(env)
+        return embed_files(files, out, overlap_s=overlap_s, workers=workers, env=python.parent.parent, force=force,
+                           settings={"data": str(data.resolve()), "split": str(Path(split).resolve()) if split else ""},
+                           progress=progress, log=log)
     common: dict[str, str] = {}
     if labels is None:
         wanted, catalog = _dataset_labels(data)
@@ -426,10 +443,37 @@ def teacher_birdnet(data_dir: str | os.PathLike, out: str | os.PathLike, *, labe
         + (f" of {data_dir}" if labels is None else f" of {labels}")
         + (f" (not: {', '.join(missing)})" if missing else "")
         + (f"; {len(mapping)} of {len(wanted)} species with background species" if len(wanted) > len(primaries) else ""))
+    files = _training_files(files, split)
     return score_files(files, out, species, overlap_s=overlap_s, workers=workers, env=python.parent.parent,
                        force=force, settings={"data": str(data.resolve()),
                                               "columns": "all" if all_species else "mapped"},
                        progress=progress, log=log)
+
+
+def _training_files(files: list[tuple[str, str]], split) -> list[tuple[str, str]]:
+    """``files`` restricted to the ``train`` rows of a run's ``split.csv`` (by dataset key); all without one.
+
+    Raises:
+        BirdnetError: The split file is missing, lacks ``key``/``split``, or names none of the files.
+    """
+    if not split:
+        return files
+    import pandas as pd
+
+    p = Path(split)
+    if p.is_dir():
+        p = p / "split.csv"
+    try:
+        frame = pd.read_csv(p, dtype=str)
+    except (OSError, ValueError) as e:
+        raise BirdnetError(f"{p}: unreadable split file ({e})") from None
+    if not {"key", "split"} <= set(frame.columns):
+        raise BirdnetError(f"{p}: a split file needs the columns key and split (a run's split.csv)")
+    train = set(frame.loc[frame["split"] == "train", "key"])
+    kept = [(n, q) for n, q in files if n in train]
+    if not kept:
+        raise BirdnetError(f"{p}: names none of the {len(files)} files as train")
+    return kept
 
 
 def birdnet_windows(files: Sequence[str | os.PathLike], labels: Sequence[str], cache: str | os.PathLike, *,
@@ -460,3 +504,104 @@ def birdnet_windows(files: Sequence[str | os.PathLike], labels: Sequence[str], c
     scores = np.where(table.known, table.scores, 0.0).astype(np.float32)
     out = pd.concat([frame, pd.DataFrame(scores, columns=list(labels))], axis=1)
     return out[out["file"].isin(set(back.values()))].reset_index(drop=True)
+
+
+def embed_files(files: Sequence[tuple[str, str]], out: str | os.PathLike, *, overlap_s: float = 0.0,
+                workers: int = 2, env: str | os.PathLike | None = None, force: bool = False,
+                settings: dict | None = None, progress: bool = True,
+                log: Callable[[str], None] = print) -> dict:
+    """BirdNET V2.4's 1,024-d embedding of every 3-s window of audio files: an embedding table
+    (:mod:`birdnet_tf.distill.features`) at ``out`` (``.npz``), resumable.
+
+    Chunks of files are written to ``out + ".parts/"`` as they are embedded (a rerun skips the
+    files there) and merged into ``out`` at the end; the sidecar ``out + ".json"`` records the settings.
+
+    Raises:
+        BirdnetError: ``out`` exists and was not written by this command (or with other settings,
+            without ``force``); BirdNET cannot run.
+    """
+    from tqdm import tqdm
+
+    from birdnet_tf.distill.features import EMBEDDING_FORMAT, write_embedding_table
+
+    out = Path(out)
+    sidecar, parts = Path(str(out) + ".json"), Path(str(out) + ".parts")
+    python = find_birdnet_env(env)
+    meta = {"format": EMBEDDING_FORMAT, "teacher": "BirdNET V2.4 FP32", "overlap_s": float(overlap_s),
+            **(settings or {})}
+    names = [n for n, _ in files]
+    if len(set(names)) != len(names):
+        raise BirdnetError("two files have the same name in the table")
+    if out.exists() or sidecar.exists():
+        old = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else {}
+        if old.get("format") != EMBEDDING_FORMAT:
+            raise BirdnetError(f"{out}: exists and was not written by 'birdnet-tf teacher birdnet --embeddings' "
+                               f"(no matching {sidecar.name}); choose another --out")
+        same = all(old.get(k) == v for k, v in meta.items()) and old.get("files") == names
+        if same and out.is_file():
+            log(f"{out}: already holds the embeddings of these {len(names)} files")
+            return old
+        if not same and not force:
+            raise BirdnetError(f"{out}: written with other settings or files; use --force to replace it "
+                               "or choose another --out")
+        for p in [out, *(sorted(parts.glob("*.npz")) if parts.is_dir() else [])]:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    parts.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(sidecar, {**meta, "files": names, "complete": False})
+    done: dict[str, Path] = {}
+    for part in sorted(parts.glob("*.npz")):
+        try:
+            with np.load(part) as d:
+                done.update({str(n): part for n in d["files"]})
+        except (OSError, ValueError, KeyError):
+            part.unlink()  # a part cut short by a crash: embedded again
+    todo = [(n, p) for n, p in files if n not in done]
+    if done:
+        log(f"{out}: {len(files) - len(todo)} of {len(files)} files already embedded, {len(todo)} to go")
+    skipped: dict[str, str] = {}
+    if todo:
+        chunks = [todo[i: i + _CHUNK_FILES] for i in range(0, len(todo), _CHUNK_FILES)]
+        bar = tqdm(total=len(todo), unit="file", desc="BirdNET embeddings", disable=not progress, file=sys.stderr)
+        with BirdnetWorker(python, [], overlap_s, workers, embeddings=True) as worker, ThreadPoolExecutor(1) as pool:
+            meta["version"] = worker.version
+            decode_next = pool.submit(lambda c: [(n, *_decode(p)) for n, p in c], chunks[0])
+            for k in range(len(chunks)):
+                decoded = decode_next.result()
+                if k + 1 < len(chunks):
+                    decode_next = pool.submit(lambda c: [(n, *_decode(p)) for n, p in c], chunks[k + 1])
+                good = [(n, a) for n, a, _ in decoded if a is not None]
+                skipped.update({n: why for n, a, why in decoded if a is None})
+                if good:
+                    vectors, hop_s, seg_s = worker.score([a for _, a in good])
+                    rows = [(n, w * hop_s, min(w * hop_s + seg_s, len(a) / SAMPLE_RATE_HZ))
+                            for (n, a), v in zip(good, vectors, strict=True) for w in range(len(v))]
+                    part = parts / f"part-{len(list(parts.glob('*.npz'))):05d}.npz"
+                    with tempfile.NamedTemporaryFile(dir=parts, suffix=".tmp.npz", delete=False) as tmp:
+                        np.savez(tmp, files=np.array([n for n, _ in good]),
+                                 row_file=np.array([r[0] for r in rows]), start_s=np.array([r[1] for r in rows]),
+                                 end_s=np.array([r[2] for r in rows]),
+                                 vectors=np.concatenate(vectors).astype(np.float16))
+                    os.replace(tmp.name, part)
+                bar.update(len(decoded))
+        bar.close()
+    merged = {"row_file": [], "start_s": [], "end_s": [], "vectors": []}
+    for part in sorted(parts.glob("*.npz")):
+        with np.load(part) as d:
+            for k in merged:
+                merged[k].append(d[k])
+    if not merged["vectors"]:
+        raise BirdnetError(f"{out}: no file could be embedded ({len(skipped)} skipped)")
+    write_embedding_table(out, *(np.concatenate(merged[k]) for k in merged))
+    result = {**meta, "files": names, "complete": True, "skipped": skipped,
+              "n_windows": int(sum(len(v) for v in merged["vectors"]))}
+    write_json_atomic(sidecar, result)
+    for part in parts.glob("*.npz"):
+        part.unlink()
+    with contextlib.suppress(OSError):
+        parts.rmdir()
+    log(f"wrote {out}: {len(files) - len(skipped)} files, {result['n_windows']} windows of BirdNET's "
+        f"1024-d embeddings")
+    if skipped:
+        log(f"{len(skipped)} file(s) skipped (not decodable), listed in {sidecar}")
+    return result

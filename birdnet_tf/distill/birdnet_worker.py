@@ -12,6 +12,8 @@ mono signals at 48 kHz, already decoded by birdnet-tf), scores every window of e
 the requested species (sigmoid scores, no threshold, no top-k cut), writes ``out`` (arrays
 ``scores`` ``[inputs, windows, species]`` float32, ``n_windows`` ``[inputs]``, ``hop_s``,
 ``segment_s``) and answers ``{"done": "job.npz"}``. An empty line or end of input ends it.
+With ``--embeddings`` it writes BirdNET's 1,024-d embedding of every window instead of scores
+(array ``embeddings`` ``[inputs, windows, 1024]`` float32, the same other arrays).
 Errors are one JSON line ``{"error": "..."}`` and exit status 1.
 
 The ``birdnet`` package starts worker processes, so everything runs under ``__main__``.
@@ -59,6 +61,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--list-labels", action="store_true", help="print the labels as JSON and exit")
+    ap.add_argument("--embeddings", action="store_true", help="write per-window embeddings, not scores")
     args = ap.parse_args()
     try:
         model_file, labels_file = weights()
@@ -72,10 +75,14 @@ def main() -> None:
             import numpy as np
 
             model = birdnet.load_custom("acoustic", "2.4", "tf", model_file, labels_file, library="litert")
-            session_cm = model.predict_session(
-                top_k=None, default_confidence_threshold=None, custom_species_list=wanted,
-                overlap_duration_s=args.overlap_s, n_workers=args.workers, batch_size=args.batch_size,
-                half_precision=False)
+            if args.embeddings:
+                session_cm = model.encode_session(overlap_duration_s=args.overlap_s, n_workers=args.workers,
+                                                  batch_size=args.batch_size, half_precision=False)
+            else:
+                session_cm = model.predict_session(
+                    top_k=None, default_confidence_threshold=None, custom_species_list=wanted,
+                    overlap_duration_s=args.overlap_s, n_workers=args.workers, batch_size=args.batch_size,
+                    half_precision=False)
             session = session_cm.__enter__()
             session.run_arrays((np.zeros(3 * SAMPLE_RATE_HZ, np.float32), SAMPLE_RATE_HZ))  # warm-up
         say({"ready": True, "species": wanted, "model_file": str(model_file),
@@ -88,6 +95,13 @@ def main() -> None:
                 arrays = [(np.load(p).astype(np.float32, copy=False), SAMPLE_RATE_HZ) for p in job["inputs"]]
                 with contextlib.redirect_stdout(sys.stderr):
                     res = session.run_arrays(arrays)
+                if args.embeddings:
+                    emb = np.asarray(res.embeddings, dtype=np.float32)
+                    valid = ~np.asarray(res.embeddings_masked).all(axis=-1)  # padding windows are masked
+                    np.savez(job["out"], embeddings=emb, n_windows=valid.sum(axis=1),
+                             hop_s=np.float64(res.hop_duration_s), segment_s=np.float64(res.segment_duration_s))
+                    say({"done": job["out"]})
+                    continue
                 names = list(res.species_list)
                 col = {n: i for i, n in enumerate(names)}
                 ids = np.asarray(res.species_ids).astype(np.int64)

@@ -13,8 +13,8 @@ from birdnet_tf.errors import BirdnetError, ConfigError
 
 
 def uses_teachers(cfg: Config) -> bool:
-    """True when the run distils from teachers (``distill.teachers`` is not empty)."""
-    return bool(cfg.distill.teachers)
+    """True when the run distils from teachers (``distill.teachers`` or ``distill.features`` set)."""
+    return bool(cfg.distill.teachers or cfg.distill.features)
 
 
 def with_teachers(cfg: Config, teachers) -> Config:
@@ -28,12 +28,12 @@ def with_teachers(cfg: Config, teachers) -> Config:
 def resolve_paths(cfg: Config) -> Config:
     """``cfg`` with teacher, weights and unlabelled paths made absolute (as the run's config.json records them)."""
     d = cfg.distill
-    if not (d.teachers or d.weights or d.unlabeled):
+    if not (d.teachers or d.weights or d.unlabeled or d.features):
         return cfg
     absolute = lambda p: str(Path(p).expanduser().resolve())  # noqa: E731
     return dataclasses.replace(cfg, distill=dataclasses.replace(
         d, teachers=tuple(absolute(t) for t in d.teachers), weights=absolute(d.weights) if d.weights else "",
-        unlabeled=tuple(absolute(u) for u in d.unlabeled)))
+        unlabeled=tuple(absolute(u) for u in d.unlabeled), features=absolute(d.features) if d.features else ""))
 
 
 def check_distill_config(cfg: Config) -> None:
@@ -56,6 +56,16 @@ def check_distill_config(cfg: Config) -> None:
         raise ConfigError(f"distill.generations must be >= 1, not {d.generations}")
     for t in d.teachers:
         teacher_kind(t)
+    if d.features:
+        if not d.feature_weight >= 0:
+            raise ConfigError(f"distill.feature_weight must be >= 0, not {d.feature_weight}")
+        if d.feature_dims < 0:
+            raise ConfigError(f"distill.feature_dims must be >= 0 (0: all dimensions), not {d.feature_dims}")
+        if not Path(d.features).is_file():
+            raise BirdnetError(f"{d.features}: distill.features embedding table does not exist (make one with "
+                               "'birdnet-tf teacher birdnet DATA --embeddings --out FILE.npz')")
+        if d.unlabeled:
+            raise ConfigError("distill.features cannot be combined with distill.unlabeled recordings yet")
     if d.weights and not Path(d.weights).is_file():
         raise BirdnetError(f"{d.weights}: distill.weights file does not exist")
     if d.unlabeled and not d.teachers:
@@ -72,6 +82,7 @@ class Teachers:
     tables: list = field(default_factory=list)  # TeacherTable, in distill.teachers order
     models: list = field(default_factory=list)  # ModelTeacher, in distill.teachers order
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # tables' first, then models'
+    feature_dims: int = 0  # the feature target's size (distill.features), 0 without one
 
     @property
     def any(self) -> bool:
@@ -110,3 +121,30 @@ def read_table(path, student_labels, log=print):
         raise BirdnetError(f"{path}: this birdnet-tf cannot read teacher tables yet "
                            "(birdnet_tf.distill.tables is missing)") from None
     return read_teacher_table(path, student_labels, log=log)
+
+
+def training_targets(cfg: Config, teachers: Teachers, keys, paths, log=print):
+    """What the training pipeline pools per excerpt (its ``tables`` argument): the score tables'
+    :class:`~birdnet_tf.distill.targets.TableTargets`, joined by the embedding targets of
+    ``distill.features`` (:class:`~birdnet_tf.distill.features.WithFeatures`; sets
+    ``teachers.feature_dims``), or None when the run has neither.
+
+    Args:
+        keys, paths: The training files (dataset keys and prepared paths), in pipeline order.
+
+    Raises:
+        BirdnetError: The embedding table is unreadable or holds none of the training files.
+    """
+    from birdnet_tf.distill.targets import TableTargets
+
+    d = cfg.distill
+    tables = TableTargets(teachers.tables, keys, paths, d.temperature, log) if teachers.tables else None
+    if not d.features:
+        return tables
+    from birdnet_tf.distill.features import FeatureTargets, WithFeatures, read_embedding_table
+
+    features = FeatureTargets(read_embedding_table(d.features), keys, paths, d.feature_dims, log=log)
+    teachers.feature_dims = features.dims
+    log(f"feature distillation: {d.features}, {features.dims} principal components of the training "
+        f"windows, weight {d.feature_weight:g}")
+    return WithFeatures(tables, features)

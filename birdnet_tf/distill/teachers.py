@@ -261,7 +261,8 @@ def distill_loss(target, y_pred, activation: str, class_weight=None):
 
 
 def make_distiller(student, model_teachers: list[ModelTeacher], table_count: int, weights: np.ndarray,
-                   alpha: float, activation: str, student_rate: int, min_confidence: float = 0.0):
+                   alpha: float, activation: str, student_rate: int, min_confidence: float = 0.0,
+                   feature_dims: int = 0, feature_weight: float = 1.0):
     """A :class:`keras.Model` training ``student`` on its teachers' soft targets (see the module docstring).
 
     ``weights [table_count + len(model_teachers)]``: the tables' first, then the model teachers'.
@@ -270,6 +271,12 @@ def make_distiller(student, model_teachers: list[ModelTeacher], table_count: int
     alone, on the classes they know, and only when their highest score is at least ``min_confidence``.
     The distiller calls the student (``distiller.student``), and its trainable weights are the
     student's; checkpoints save the student (:func:`plain_model`).
+
+    ``feature_dims`` > 0 (feature distillation, :mod:`birdnet_tf.distill.features`): the batches'
+    ``table``/``known`` carry ``feature_dims`` more columns after the classes (the excerpt's projected
+    teacher embedding); an auxiliary head of the distiller (the student's time-averaged backbone
+    features → ``feature_dims``) fits it by a cosine loss times ``feature_weight``, and the metric
+    ``feature_cosine`` logs their mean cosine. The head is not part of the student.
     """
     import keras
     import tensorflow as tf
@@ -282,21 +289,34 @@ def make_distiller(student, model_teachers: list[ModelTeacher], table_count: int
             self._weights = np.asarray(weights, np.float32)
             self._alpha, self._activation = float(alpha), activation
             self._tables, self._rate, self._min_conf = int(table_count), int(student_rate), float(min_confidence)
+            self._feature_dims, self._feature_weight = int(feature_dims), float(feature_weight)
+            self._n_classes = int(student.output.shape[-1])
+            if self._feature_dims:
+                from birdnet_tf.distill.features import feature_layer
+
+                self._with_features = keras.Model(student.inputs, [student.output, feature_layer(student)])
+                self.feature_head = keras.layers.Dense(self._feature_dims, name="feature_head")
+                self.feature_cosine = keras.metrics.Mean(name="feature_cosine")
 
         def call(self, x, training=False):
-            return self.student(x, training=training)
+            if not (self._feature_dims and training):
+                return self.student(x, training=training)
+            scores, steps = self._with_features(x, training=training)
+            return scores, self.feature_head(tf.reduce_mean(tf.cast(steps, tf.float32), axis=1))
 
         def teacher_scores(self, x, y):
             """``(scores [B, K, C], known [B, K, C])`` of every teacher for batch ``x``."""
             scores, known = [], []
-            if isinstance(y, dict) and "table" in y:
-                scores.append(y["table"])
-                known.append(y["known"])
+            if isinstance(y, dict) and "table" in y and self._tables:
+                scores.append(y["table"][:, :, :self._n_classes])
+                known.append(y["known"][:, :, :self._n_classes])
             b = tf.shape(x)[0]
             for t in self._teachers:
                 s = tf.stop_gradient(tf.cast(t.fn(resample(x, self._rate, t.sample_rate_hz)), tf.float32))
                 scores.append(tf.gather(s, t.columns, axis=1)[:, None])
                 known.append(tf.tile(tf.constant(t.known)[None, None], [b, 1, 1]))
+            if not scores:  # feature distillation alone: no teacher scores any class
+                return tf.zeros([b, 0, self._n_classes]), tf.zeros([b, 0, self._n_classes])
             return tf.concat(scores, axis=1), tf.concat(known, axis=1)
 
         def targets(self, x, y):
@@ -315,12 +335,24 @@ def make_distiller(student, model_teachers: list[ModelTeacher], table_count: int
             return target, weight
 
         def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            feature_pred = None
+            if isinstance(y_pred, (tuple, list)):
+                y_pred, feature_pred = y_pred
             target, weight = self.targets(x, y)
             if weight is not None and self._activation == "softmax":
                 per_example = distill_loss(target, y_pred, "softmax") * tf.reduce_max(weight, axis=-1)
             else:
                 per_example = distill_loss(target, y_pred, self._activation, weight)
             loss = tf.reduce_mean(per_example)
+            if feature_pred is not None:
+                from birdnet_tf.distill.features import cosine_loss
+
+                c = self._n_classes
+                mask = tf.cast(y["known"][:, 0, c], tf.float32)
+                per = cosine_loss(y["table"][:, 0, c:], feature_pred, mask)
+                feature_loss = tf.math.divide_no_nan(tf.reduce_sum(per), tf.reduce_sum(mask))
+                self.feature_cosine.update_state(1.0 - feature_loss)
+                loss = loss + tf.cast(self._feature_weight, loss.dtype) * tf.cast(feature_loss, loss.dtype)
             if self.losses:
                 loss = loss + tf.add_n([tf.cast(v, loss.dtype) for v in self.losses])
             return loss

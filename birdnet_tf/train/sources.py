@@ -251,13 +251,10 @@ class WaveformSource(RecordingSource):
         steps = cfg.train.steps_per_epoch or pipeline.steps_in_epoch(durations, cfg)
         tables = None
         if uses_teachers(cfg):  # teachers plug in here: soft-target tables read with the excerpts
-            from birdnet_tf.distill.setup import load_teachers
-            from birdnet_tf.distill.targets import TableTargets
+            from birdnet_tf.distill.setup import load_teachers, training_targets
 
             self.teachers = load_teachers(cfg, list(files.labels), log)
-            if self.teachers.tables:
-                tables = TableTargets(self.teachers.tables, list(train_df["key"]), list(train_df["wav_path"]),
-                                      cfg.distill.temperature, log)
+            tables = training_targets(cfg, self.teachers, list(train_df["key"]), list(train_df["wav_path"]), log)
         unlabeled = self.unlabeled() if cfg.distill.unlabeled else None
         dataset = pipeline.training_dataset(list(train_df["wav_path"]), targets, durations, cfg, repeat=True,
                                             metadata=files.train_meta, tables=tables, unlabeled=unlabeled)
@@ -293,7 +290,8 @@ class WaveformSource(RecordingSource):
         cfg, teachers = self.cfg, self.teachers
         fit_model = make_distiller(model, teachers.models, len(teachers.tables), teachers.weights,
                                    cfg.distill.alpha, cfg.model.output_activation, cfg.audio.sample_rate_hz,
-                                   cfg.distill.pseudo_min_confidence)
+                                   cfg.distill.pseudo_min_confidence, teachers.feature_dims,
+                                   cfg.distill.feature_weight)
         # a SavedModel teacher's call is kept out of XLA (jit_compile "auto" turns XLA on with a GPU)
         exports = any(t.kind == "export" for t in teachers.models)
         fit_model.compile(optimizer=model.optimizer, jit_compile=False if exports else "auto")
