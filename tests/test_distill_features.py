@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,13 @@ import soundfile as sf
 
 tf = pytest.importorskip("tensorflow")
 
-from conftest import SYNTH_CLASSES, tiny_cfg, write_synthetic_dataset  # noqa: E402
+from conftest import (  # noqa: E402
+    SYNTH_CLASSES,
+    interrupt_training_at_epoch_2,
+    synth_signal,
+    tiny_cfg,
+    write_synthetic_dataset,
+)
 
 from birdnet_tf.distill.features import (  # noqa: E402
     EmbeddingTable,
@@ -81,42 +86,68 @@ def test_feature_settings_are_checked_before_anything_is_written(tmp_path):
         check_distill_config(tiny_cfg(f"distill.features={tmp_path / 'e.npz'}", "distill.feature_weight=-1"))
 
 
-def test_auxiliary_head_learns_the_teacher_embedding_and_is_not_exported(tmp_path):
+def test_auxiliary_head_fits_the_teacher_vectors_beside_the_soft_targets():
+    import keras
+
+    from birdnet_tf.distill.teachers import make_distiller
+    from birdnet_tf.models.build import build_model
+
+    cfg = tiny_cfg("model.output_activation=sigmoid")
+    keras.utils.set_random_seed(0)
+    student = build_model(cfg, 3)
+    student.compile(optimizer=keras.optimizers.Adam(0.01))
+    distiller = make_distiller(student, [], 1, np.ones(1, np.float32), 0.5, "sigmoid", cfg.audio.sample_rate_hz,
+                               feature_dims=8, feature_weight=5.0, feature_lr=0.01)
+    distiller.compile(optimizer=student.optimizer)
+    rng = np.random.default_rng(0)
+    kinds = np.arange(24) % 3
+    x = np.stack([synth_signal(SYNTH_CLASSES[k], 2.0, cfg.audio.sample_rate_hz, rng) for k in kinds]).astype(np.float32)
+    direction = rng.standard_normal((3, 8))
+    labels = np.eye(3, dtype=np.float32)[kinds]
+    vectors = direction[kinds] + 0.2 * rng.standard_normal((24, 8))
+    table = np.concatenate([0.8 * labels, vectors], axis=1)[:, None].astype(np.float32)  # [B, 1, C + dims]
+    y = {"labels": labels, "table": table, "known": np.ones_like(table)}
+    cosine = distiller.fit(x, y, batch_size=8, epochs=5, shuffle=False, verbose=0).history["feature_cosine"]
+    assert cosine[-1] > cosine[0] + 0.2 and cosine[-1] > 0.5, cosine
+    # the head is the distiller's, trained by its own optimizer: the student's optimizer knows only the student
+    assert not any("feature" in v.path for v in student.weights)
+    plain = keras.optimizers.Adam(0.01)
+    plain.build(student.trainable_variables)
+    assert len(student.optimizer.variables) == len(plain.variables)
+    assert {id(v) for v in distiller.trainable_weights} == {id(v) for v in student.trainable_weights}
+
+
+def test_a_feature_run_resumes_and_exports_without_the_head(tmp_path, monkeypatch):
     from birdnet_tf.export import ExportedModel, export_run
     from birdnet_tf.models.build import load_keras_model
     from birdnet_tf.train import trainer
 
-    data = write_synthetic_dataset(tmp_path / "synth", files_per_class=3)
-    # the "teacher embedding" of a window: its class's direction in 32-d, plus a little noise
+    data = write_synthetic_dataset(tmp_path / "synth", files_per_class=2)
     rng = np.random.default_rng(1)
-    direction = {k: rng.standard_normal(32) for k in SYNTH_CLASSES}
-    rows, vecs = [], []
+    rows = []
     for wav in sorted(data.rglob("*.wav")):
-        seconds = sf.info(wav).duration
-        f, s, e = windows_of([wav.relative_to(data).as_posix()], [seconds])
+        f, s, e = windows_of([wav.relative_to(data).as_posix()], [sf.info(wav).duration])
         rows += list(zip(f, s, e))
-        vecs += [direction[wav.parent.name] + 0.2 * rng.standard_normal(32) for _ in f]
     f, s, e = (np.array(v) for v in zip(*rows))
-    write_embedding_table(tmp_path / "emb.npz", f, s, e, np.array(vecs))
-    cfg = tiny_cfg("train.epochs=3", "train.steps_per_epoch=6", "train.learning_rate=0.003",
-                   "augment.mixup_prob=0", f"distill.features={tmp_path / 'emb.npz'}", "distill.feature_dims=8",
-                   "distill.feature_weight=5")
+    write_embedding_table(tmp_path / "emb.npz", f, s, e, rng.standard_normal((len(f), 16)))
+    cfg = tiny_cfg("train.epochs=2", "train.steps_per_epoch=2", f"distill.features={tmp_path / 'emb.npz'}",
+                   "distill.feature_dims=4")
     run = tmp_path / "run"
     logs = []
+    resume_normally = interrupt_training_at_epoch_2(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(cfg, data, run, workers=1, evaluate=False, log=logs.append)
+    resume_normally()  # the student's optimizer (saved with it) resumes whole; the head starts anew
     trainer.train(cfg, data, run, workers=1, evaluate=False, log=logs.append)
-    assert any("feature distillation" in str(m) and "8 principal components" in str(m) for m in logs)
+    assert any("feature distillation" in str(m) and "4 principal components" in str(m) for m in logs)
+    assert int(load_keras_model(run / "checkpoints" / "last.keras").optimizer.iterations.numpy()) == 4
     with open(run / "history.csv") as fh:
-        cosine = [float(r["feature_cosine"]) for r in csv.DictReader(fh)]
-    assert len(cosine) == 3 and cosine[-1] > cosine[0] + 0.15 and cosine[-1] > 0.3, cosine
-    saved = json.loads((run / "config.json").read_text())["distill"]
-    assert saved["features"] == str((tmp_path / "emb.npz").resolve())
+        assert len([float(r["feature_cosine"]) for r in csv.DictReader(fh)]) == 2
+    assert json.loads((run / "config.json").read_text())["distill"]["features"] == str((tmp_path / "emb.npz").resolve())
     # the student alone is saved and exported: no auxiliary head, the plain scores signature
     best = load_keras_model(run / "best.keras")
-    assert all("feature" not in layer.name for layer in best.layers)
-    assert best.output.shape[-1] == len(SYNTH_CLASSES)
+    assert not any("feature" in layer.name for layer in best.layers) and best.output.shape[-1] == len(SYNTH_CLASSES)
     export_run(run, tmp_path / "export", log=lambda m: None)
     exported = ExportedModel(tmp_path / "export")
-    outputs = exported.signature("serving_default").structured_outputs
-    assert "scores" in outputs and not any("feature" in k for k in outputs)
-    assert exported(np.zeros((1, 32000), np.float32)).shape == (1, len(SYNTH_CLASSES))
-    assert not Path(tmp_path / "export").joinpath("feature_head").exists()
+    assert list(exported.signature("serving_default").structured_outputs) == ["scores"]
+    assert exported(np.zeros((1, 44100), np.float32)).shape == (1, len(SYNTH_CLASSES))

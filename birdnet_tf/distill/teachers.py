@@ -262,7 +262,7 @@ def distill_loss(target, y_pred, activation: str, class_weight=None):
 
 def make_distiller(student, model_teachers: list[ModelTeacher], table_count: int, weights: np.ndarray,
                    alpha: float, activation: str, student_rate: int, min_confidence: float = 0.0,
-                   feature_dims: int = 0, feature_weight: float = 1.0):
+                   feature_dims: int = 0, feature_weight: float = 1.0, feature_lr: float = 1e-3):
     """A :class:`keras.Model` training ``student`` on its teachers' soft targets (see the module docstring).
 
     ``weights [table_count + len(model_teachers)]``: the tables' first, then the model teachers'.
@@ -276,7 +276,9 @@ def make_distiller(student, model_teachers: list[ModelTeacher], table_count: int
     ``table``/``known`` carry ``feature_dims`` more columns after the classes (the excerpt's projected
     teacher embedding); an auxiliary head of the distiller (the student's time-averaged backbone
     features → ``feature_dims``) fits it by a cosine loss times ``feature_weight``, and the metric
-    ``feature_cosine`` logs their mean cosine. The head is not part of the student.
+    ``feature_cosine`` logs their mean cosine. The head is not part of the student and trains with its
+    own optimizer (Adam at ``feature_lr``), so the shared one (saved with the student) stays the
+    student's; a resumed run starts a new head.
     """
     import keras
     import tensorflow as tf
@@ -294,15 +296,26 @@ def make_distiller(student, model_teachers: list[ModelTeacher], table_count: int
             if self._feature_dims:
                 from birdnet_tf.distill.features import feature_layer
 
-                self._with_features = keras.Model(student.inputs, [student.output, feature_layer(student)])
+                steps = feature_layer(student)
+                self._with_features = keras.Model(student.inputs, [student.output, steps])
+                # the head trains with its own optimizer, so the student's optimizer (saved with the
+                # student, restored on resume) holds the student's variables only
                 self.feature_head = keras.layers.Dense(self._feature_dims, name="feature_head")
+                self.feature_head.build((None, int(steps.shape[-1])))
+                self._head_optimizer = keras.optimizers.Adam(float(feature_lr))
+                self._head_optimizer.build(self.feature_head.trainable_variables)
                 self.feature_cosine = keras.metrics.Mean(name="feature_cosine")
+
+        @property
+        def trainable_weights(self):
+            """The student's: what the shared optimizer trains (the feature head has its own)."""
+            return self.student.trainable_weights
 
         def call(self, x, training=False):
             if not (self._feature_dims and training):
                 return self.student(x, training=training)
             scores, steps = self._with_features(x, training=training)
-            return scores, self.feature_head(tf.reduce_mean(tf.cast(steps, tf.float32), axis=1))
+            return scores, tf.reduce_mean(tf.cast(steps, tf.float32), axis=1)
 
         def teacher_scores(self, x, y):
             """``(scores [B, K, C], known [B, K, C])`` of every teacher for batch ``x``."""
@@ -335,22 +348,25 @@ def make_distiller(student, model_teachers: list[ModelTeacher], table_count: int
             return target, weight
 
         def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-            feature_pred = None
+            pooled = None
             if isinstance(y_pred, (tuple, list)):
-                y_pred, feature_pred = y_pred
+                y_pred, pooled = y_pred
             target, weight = self.targets(x, y)
             if weight is not None and self._activation == "softmax":
                 per_example = distill_loss(target, y_pred, "softmax") * tf.reduce_max(weight, axis=-1)
             else:
                 per_example = distill_loss(target, y_pred, self._activation, weight)
             loss = tf.reduce_mean(per_example)
-            if feature_pred is not None:
+            if pooled is not None:
                 from birdnet_tf.distill.features import cosine_loss
 
                 c = self._n_classes
                 mask = tf.cast(y["known"][:, 0, c], tf.float32)
-                per = cosine_loss(y["table"][:, 0, c:], feature_pred, mask)
-                feature_loss = tf.math.divide_no_nan(tf.reduce_sum(per), tf.reduce_sum(mask))
+                head = self.feature_head.trainable_variables
+                with tf.GradientTape() as head_tape:  # the head's own step; the student's comes from fit
+                    per = cosine_loss(y["table"][:, 0, c:], self.feature_head(pooled), mask)
+                    feature_loss = tf.math.divide_no_nan(tf.reduce_sum(per), tf.reduce_sum(mask))
+                self._head_optimizer.apply(head_tape.gradient(feature_loss, head), head)
                 self.feature_cosine.update_state(1.0 - feature_loss)
                 loss = loss + tf.cast(self._feature_weight, loss.dtype) * tf.cast(feature_loss, loss.dtype)
             if self.losses:

@@ -291,7 +291,7 @@ class WaveformSource(RecordingSource):
         fit_model = make_distiller(model, teachers.models, len(teachers.tables), teachers.weights,
                                    cfg.distill.alpha, cfg.model.output_activation, cfg.audio.sample_rate_hz,
                                    cfg.distill.pseudo_min_confidence, teachers.feature_dims,
-                                   cfg.distill.feature_weight)
+                                   cfg.distill.feature_weight, cfg.train.learning_rate)
         # a SavedModel teacher's call is kept out of XLA (jit_compile "auto" turns XLA on with a GPU)
         exports = any(t.kind == "export" for t in teachers.models)
         fit_model.compile(optimizer=model.optimizer, jit_compile=False if exports else "auto")
