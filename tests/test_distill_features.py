@@ -151,3 +151,21 @@ def test_a_feature_run_resumes_and_exports_without_the_head(tmp_path, monkeypatc
     exported = ExportedModel(tmp_path / "export")
     assert list(exported.signature("serving_default").structured_outputs) == ["scores"]
     assert exported(np.zeros((1, 44100), np.float32)).shape == (1, len(SYNTH_CLASSES))
+
+
+def test_teacher_birdnet_embeddings_take_the_training_files_of_a_split(tmp_path):
+    from conftest import run_cli
+
+    data = write_synthetic_dataset(tmp_path / "synth", files_per_class=1)
+    (tmp_path / "bad.csv").write_text("file,fold\na,1\n")
+    rc, _, err = run_cli(["teacher", "birdnet", str(data), "--embeddings", "--split", str(tmp_path / "bad.csv"),
+                          "--out", str(tmp_path / "emb.npz"), "--birdnet-env", str(tmp_path / "no-env")])
+    assert rc != 0 and "bad.csv: a split file needs the columns key and split" in err
+    (tmp_path / "split.csv").write_text("key,split\ntone1k/tone1k_0.wav,val\nelsewhere.wav,train\n")
+    rc, _, err = run_cli(["teacher", "birdnet", str(data), "--embeddings", "--split", str(tmp_path / "split.csv"),
+                          "--out", str(tmp_path / "emb.npz"), "--birdnet-env", str(tmp_path / "no-env")])
+    assert rc != 0 and "split.csv: names none of the 3 files as train" in err
+    (tmp_path / "split.csv").write_text("key,split\ntone1k/tone1k_0.wav,train\n")
+    rc, _, err = run_cli(["teacher", "birdnet", str(data), "--embeddings", "--split", str(tmp_path / "split.csv"),
+                          "--out", str(tmp_path / "emb.npz"), "--birdnet-env", str(tmp_path / "no-env")])
+    assert rc != 0 and "no BirdNET environment found" in err and not (tmp_path / "emb.npz").exists()
