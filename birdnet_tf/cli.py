@@ -756,7 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", parents=[quiet], help="write per-window embeddings of audio files to a database "
                        "(Parquet; resumable)")
-    p.add_argument("model", help="run folder or exported model folder")
+    p.add_argument("model", help="run folder, exported model folder, or birdnet-tf tflite folder (LiteRT, no "
+                   "TensorFlow)")
     p.add_argument("inputs", nargs="+", metavar="AUDIO_OR_DIR", help="audio files and/or folders")
     p.add_argument("--out", required=True, metavar="DB", help="database folder to write or add to")
     p.add_argument("--window-s", type=float, default=None, help="window length (default: the model's excerpt)")
@@ -780,10 +781,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("head", help="fit a classifier for new sound classes on labelled windows of an embedding "
                        "database; writes an export that predict reads")
-    p.add_argument("db", help="database folder written by birdnet-tf embed (from a run folder)")
+    p.add_argument("db", help="database folder written by birdnet-tf embed (from a run folder or an export)")
     p.add_argument("--labels", required=True, metavar="CSV", help="labelled stretches: file,start_s,end_s,label")
     p.add_argument("--out", required=True, help="export folder to write")
-    p.add_argument("--model", default=None, help="the database's run folder, where it moved")
+    p.add_argument("--model", default=None, help="the database's run folder or export, where it moved")
     p.add_argument("--epochs", type=int, default=lib("birdnet_tf.embed.head.train_head", "epochs"),
                    help="full-batch training steps (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an export this package wrote")
@@ -817,7 +818,8 @@ def main(argv: list[str] | None = None) -> int:
         if (e.name or "").split(".")[0] not in TRAIN_MODULES:
             raise
         print(f"birdnet-tf: error: '{args.command}' needs {e.name}, which the TensorFlow-free install lacks "
-              "(it only runs 'predict' on a 'birdnet-tf tflite' folder); install the full package: "
+              "(it runs 'predict', and with pyarrow 'embed' and 'search', on a 'birdnet-tf tflite' folder); "
+              "install the full package: "
               "pip install 'birdnet-tf[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
