@@ -61,6 +61,16 @@ def lite(trained_synthetic, tmp_path_factory):
     return types.SimpleNamespace(root=root, out=out, audio=audio, files=files, logs=logs)
 
 
+@pytest.fixture(scope="module")
+def saved_db(trained_synthetic, lite):
+    """The recordings embedded from the SavedModel export (windows of :data:`GRID`)."""
+    db = lite.root / "db_saved"
+    rc, _, err = run_cli(["embed", str(trained_synthetic.export), str(lite.audio), "--out", str(db), *GRID,
+                          "--no-progress"])
+    assert rc == 0, err
+    return db
+
+
 def test_tflite_writes_a_verified_embedding_half(lite):
     meta = json.loads((lite.out / "model_float32.json").read_text())
     whole = meta["whole_recording"]
@@ -89,9 +99,8 @@ print("no tensorflow")
 """
 
 
-def test_embed_and_search_on_a_tflite_folder_equal_the_savedmodels_without_tensorflow(trained_synthetic, lite,
-                                                                                     tmp_path):
-    db_lite, db_saved, hits_csv = tmp_path / "db_lite", tmp_path / "db_saved", tmp_path / "hits.csv"
+def test_embed_and_search_on_a_tflite_folder_equal_the_savedmodels_without_tensorflow(lite, saved_db, tmp_path):
+    db_lite, hits_csv = tmp_path / "db_lite", tmp_path / "hits.csv"
     query = lite.files["chirp1"]
     argvs = [["embed", str(lite.out), str(lite.audio), "--out", str(db_lite), *GRID, "--no-progress"],
              ["search", str(db_lite), "--query", query, "--top", "4", "--out", str(hits_csv)]]
@@ -101,10 +110,7 @@ def test_embed_and_search_on_a_tflite_folder_equal_the_savedmodels_without_tenso
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "no tensorflow" in proc.stdout and "vectors of 5 recording(s)" in proc.stdout
 
-    rc, _, err = run_cli(["embed", str(trained_synthetic.export), str(lite.audio), "--out", str(db_saved), *GRID,
-                          "--no-progress"])
-    assert rc == 0, err
-    got, want = read_database(db_lite), read_database(db_saved)
+    got, want = read_database(db_lite), read_database(saved_db)
     assert len(got) == len(want) == 4 * 9 + 33  # starts k·0.7 s up to 0.1 s before the end: 6 s → 9, 23 s → 33
     order_got, order_want = np.lexsort((got.starts, got.files)), np.lexsort((want.starts, want.files))
     assert list(got.files[order_got]) == list(want.files[order_want])
@@ -121,7 +127,7 @@ def test_embed_and_search_on_a_tflite_folder_equal_the_savedmodels_without_tenso
         assert group.iloc[0]["file"] == query and group.iloc[0]["start_s"] == pytest.approx(start), group.to_string()
         assert group.iloc[0]["similarity"] > 0.9999 > group.iloc[1]["similarity"]
     # search takes a database of either runtime: the SavedModel's, with the export as its model
-    rc, out, err = run_cli(["search", str(db_saved), "--query", query, "--top", "1"])
+    rc, out, err = run_cli(["search", str(saved_db), "--query", query, "--top", "1"])
     assert rc == 0 and "chirp1.wav@3.50" in out, err
 
 
@@ -164,20 +170,18 @@ def test_bad_tflite_folders_and_databases_give_clear_messages(trained_synthetic,
     assert not (tmp_path / "head").exists()
 
 
-def test_head_on_a_database_embedded_from_an_export(trained_synthetic, lite, tmp_path):
+def test_head_on_a_database_embedded_from_an_export(trained_synthetic, lite, saved_db, tmp_path):
     from birdnet_tf.embed.head import export_keras_model
     from birdnet_tf.errors import BirdnetError
 
-    db = tmp_path / "db"
-    files = [lite.files[k] for k in ("chirp0", "tone0", "noise0", "long")]
-    rc, _, err = run_cli(["embed", str(trained_synthetic.export), *files, "--out", str(db), "--no-progress"])
+    labels = tmp_path / "labels.csv"  # the chirps: chirp0.wav, chirp1.wav, 8-16 s of long.wav
+    pd.DataFrame({"file": [lite.files["chirp0"], lite.files["chirp1"], lite.files["long"]],
+                  "start_s": [0.0, 0.0, 8.0], "end_s": [6.0, 6.0, 16.0], "label": ["sweep"] * 3}).to_csv(labels,
+                                                                                                     index=False)
+    rc, out, err = run_cli(["head", str(saved_db), "--labels", str(labels), "--out", str(tmp_path / "head")])
     assert rc == 0, err
-    labels = tmp_path / "labels.csv"  # the chirps: all of chirp0.wav, 8-16 s of long.wav
-    pd.DataFrame({"file": [lite.files["chirp0"], lite.files["long"]], "start_s": [0.0, 8.0], "end_s": [6.0, 16.0],
-                  "label": ["sweep", "sweep"]}).to_csv(labels, index=False)
-    rc, out, err = run_cli(["head", str(db), "--labels", str(labels), "--out", str(tmp_path / "head")])
-    assert rc == 0, err
-    assert "on 7 labelled and 14 unlabelled window(s)" in out  # 2-s windows: 3 + 3 + 3 + 12
+    # windows overlapping a stretch by half a window (1 s): 8 of each 6-s chirp (not 5.6-6 s), 12 of long (7-14.7 s)
+    assert "on 28 labelled and 41 unlabelled window(s)" in out
     cfg = json.loads((tmp_path / "head" / "assets.extra" / "config.json").read_text())
     assert cfg["head_on_embeddings"]["source_export"] == str(trained_synthetic.export.resolve())
     rng = np.random.default_rng(11)  # new recordings: a chirp, a tone and band noise
