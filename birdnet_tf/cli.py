@@ -188,7 +188,7 @@ def cmd_tflite(args) -> int:
     from birdnet_tf.tflite import export_tflite
 
     export_tflite(args.run_dir, args.out, quantizations, window_s=args.window_s, check_audio=check,
-                  force=args.force, reference=args.reference, log=_log)
+                  force=args.force, reference=args.reference, log=_log, embeddings=not args.no_embeddings)
     return 0
 
 
@@ -554,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recordings to verify on (default: the run's validation files from split.csv)")
     p.add_argument("--reference", default=None, metavar="EXPORT_DIR",
                    help="this run's SavedModel export to compare with (default: one exported to a temporary folder)")
+    p.add_argument("--no-embeddings", action="store_true",
+                   help="leave out the embedding halves embed_<q>.tflite (embed/search on the folder then refuse it)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_tflite)
 

@@ -622,9 +622,9 @@ def verify_embeddings(lite, reference, sources: list[np.ndarray], window_s: floa
 
 
 def _whole_halves(model, cfg, q: str, meta: dict, sources: list[np.ndarray], ref, tmp: Path,
-                  num_threads: int | None) -> dict[str, bytes]:
-    """Converts and verifies the halves of ``q`` (with the embedding half when the reference export has
-    its ``features``); adds ``meta["whole_recording"]``; returns {file name: content}."""
+                  num_threads: int | None, embeddings: bool = True) -> dict[str, bytes]:
+    """Converts and verifies the halves of ``q`` (with the embedding half when ``embeddings``: ``ref`` must
+    then have the ``features`` signature); adds ``meta["whole_recording"]``; returns {file name: content}."""
     from birdnet_tf.infer.whole import WholeRecordingModel
     from birdnet_tf.lite.runtime import whole_engine
 
@@ -632,7 +632,6 @@ def _whole_halves(model, cfg, q: str, meta: dict, sources: list[np.ndarray], ref
     files = {f"front_{q}.tflite": front, f"body_{q}.tflite": body}
     whole = meta["whole_recording"] = {"front": f"front_{q}.tflite", "body": f"body_{q}.tflite", **facts}
     reference = WholeRecordingModel.from_export(ref)
-    embeddings = bool((ref.extra.get("whole_recording") or {}).get("features"))  # an export older than embeddings has none
     if embeddings:
         files[f"embed_{q}.tflite"], whole["dim"] = convert_embed(model, cfg, q, facts["segment_frames"])
         whole["embed"] = f"embed_{q}.tflite"
@@ -653,7 +652,7 @@ def _whole_halves(model, cfg, q: str, meta: dict, sources: list[np.ndarray], ref
 def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantizations=QUANTIZATIONS,
                   window_s: float | None = None, check_audio: list[str] | None = None, force: bool = False,
                   log=print, reference: str | os.PathLike | None = None, num_threads: int | None = None,
-                  max_windows_per_file: int | None = 8, whole: bool = True) -> dict[str, dict]:
+                  max_windows_per_file: int | None = 8, whole: bool = True, embeddings: bool = True) -> dict[str, dict]:
     """Writes verified TFLite models of a run: ``out_dir/model_<q>.tflite`` + ``model_<q>.json`` + ``labels.txt``.
 
     Each quantization is converted (:func:`convert`), loaded in LiteRT and compared with
@@ -677,6 +676,10 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
             whole-recording engine on the test signals and the first
             :data:`WHOLE_CHECK_S` seconds of up to :data:`WHOLE_CHECK_FILES` recordings
             (:func:`verify_whole`); a model that cannot be split gets a note and none.
+        embeddings: With ``whole``, also write the embedding half ``embed_<q>.tflite``
+            (:func:`convert_embed`, verified by :func:`verify_embeddings` on the same recordings)
+            for ``birdnet-tf embed``/``search`` on the folder; needs a reference export with the
+            ``features`` signature (the default temporary one has it; an older one gets a note).
 
     Returns:
         ``{quantization: {"path", "size_bytes", **verification}}`` for the written models.
@@ -729,6 +732,10 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
 
         results, failures = {}, []
         whole_sources = None
+        if whole and embeddings and not (ref.extra.get("whole_recording") or {}).get("features"):
+            embeddings = False
+            log(f"note: no embedding halves (the reference export {ref_dir} has no features signature; "
+                "export the run again)")
         if whole:
             try:
                 from birdnet_tf.models.surgery import split_model
@@ -769,12 +776,16 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
             halves = None
             if whole_sources is not None:
                 try:
-                    halves = _whole_halves(model, cfg, q, meta, whole_sources, ref, Path(tmp), num_threads)
+                    halves = _whole_halves(model, cfg, q, meta, whole_sources, ref, Path(tmp), num_threads,
+                                           embeddings)
                 except BirdnetError as e:
                     failures.append(str(e))
                     log(f"front_{q}/body_{q}.tflite: verification FAILED, model_{q} not written: {e}")
                     continue
             out.mkdir(parents=True, exist_ok=True)
+            stale = out / f"embed_{q}.tflite"  # --force without embeddings: no half the new sidecar does not name
+            if f"embed_{q}.tflite" not in (halves or {}) and stale.is_file():
+                stale.unlink()
             for name, half in (halves or {}).items():
                 with atomic_path(out / name) as part:
                     part.write_bytes(half)
