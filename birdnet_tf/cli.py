@@ -372,7 +372,7 @@ def cmd_search(args) -> int:
 def cmd_head(args) -> int:
     from birdnet_tf.embed.head import train_head
 
-    _quiet_tensorflow()
+    # no TensorFlow up front: a database from a TFLite folder is refused with its own message first
     train_head(args.db, args.labels, args.out, model=args.model, force=args.force, log=_log,
                **given(args, "epochs"))
     return 0
