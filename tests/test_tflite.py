@@ -22,6 +22,7 @@ from birdnet_tf.errors import BirdnetError  # noqa: E402
 from birdnet_tf.export import ExportedModel  # noqa: E402
 from birdnet_tf.infer.predict import expand_inputs  # noqa: E402
 from birdnet_tf.tflite import (  # noqa: E402
+    EMBED_TOLERANCES,
     QUANTIZATIONS,
     TFLITE_MARKER,
     TOLERANCES,
@@ -309,8 +310,9 @@ def test_cli_default_verifies_on_the_runs_validation_files(trained_synthetic, tm
     n_val = int((pd.read_csv(trained_synthetic.run / "split.csv")["split"] == "val").sum())
     assert f"run's {n_val} validation recording(s)" in stdout
     assert "model_float32.tflite" in stdout and "max |Δscore|" in stdout
-    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "body_float32.tflite", "front_float32.tflite",
-                                                    "labels.txt", "model_float32.json", "model_float32.tflite"]
+    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "body_float32.tflite", "embed_float32.tflite",
+                                                    "front_float32.tflite", "labels.txt", "model_float32.json",
+                                                    "model_float32.tflite"]
     meta = json.loads((out / "model_float32.json").read_text())
     assert meta["verification"]["recordings"] == n_val
     assert meta["verification"]["reference"] == "temporary SavedModel export of the run"
@@ -325,5 +327,7 @@ def test_every_quantization_gets_verified_whole_recording_halves(exported):
         check = whole["verification"]
         assert check["windows"] >= 10 and 0 <= check["max_abs_diff"] <= TOLERANCES[q]
         assert check["top1_agreement"] >= 0.9
+        embed = whole["embed_verification"]  # the embedding half (tests/test_lite_embed.py runs it)
+        assert embed["max_rel_diff"] <= EMBED_TOLERANCES[q] and embed["min_cosine"] >= 0.99
     marker = json.loads((exported.out / TFLITE_MARKER).read_text())
     assert {f"{h}_{q}.tflite" for h in ("front", "body") for q in QUANTIZATIONS} <= set(marker["files"])

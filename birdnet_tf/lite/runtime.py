@@ -241,7 +241,8 @@ class LiteModel:
 
     Has what ``predict`` reads of an export: ``labels``, ``sample_rate_hz``, ``config``,
     ``extra["whole_recording"]`` (the halves' facts, when the folder has them),
-    ``m(waveforms)`` (the window model, for ``--engine sliding``) and :meth:`whole_model`.
+    ``m(waveforms)`` (the window model, for ``--engine sliding``) and :meth:`whole_model`; and for
+    ``birdnet-tf embed``/``search``, :meth:`embed_model` (the engine with the embedding half).
 
     Args:
         path: The folder (its float32 model, else float16, else int8) or one ``model_<q>.tflite``.
