@@ -3,10 +3,10 @@
 vectors without importing TensorFlow; ``head`` stacks on an export's database and refuses a
 TFLite one; bad folders and databases give clear messages.
 
-The tiny synthetic run (``trained_synthetic``) is converted once (float32 only; the halves of
-every quantization are verified by ``birdnet-tf tflite`` itself, see test_tflite.py) and run on
-synthetic recordings written here, one of 23 s so that the 10-s front chunks and body segments
-have seams inside windows.
+The session's TFLite export of the tiny synthetic run (``tflite_tiny``, conftest; every
+quantization's embedding half verified by ``birdnet-tf tflite`` itself, see test_tflite.py) runs
+(float32, the folder's first choice) on synthetic recordings written here, one of 23 s so that
+the 10-s front chunks and body segments have seams inside windows.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ pytest.importorskip("pyarrow")
 from conftest import run_cli, synth_signal  # noqa: E402
 
 from birdnet_tf.embed.db import read_database, read_facts  # noqa: E402
-from birdnet_tf.tflite import export_tflite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 22050
@@ -45,7 +44,8 @@ def _write(path: Path, x: np.ndarray) -> str:
 
 
 @pytest.fixture(scope="module")
-def lite(trained_synthetic, tmp_path_factory):
+def lite(tflite_tiny, tmp_path_factory):
+    """The session's TFLite export of the tiny run (conftest) and the recordings of this module."""
     root = tmp_path_factory.mktemp("lite_embed")
     rng = np.random.default_rng(7)
     audio = root / "audio"
@@ -55,10 +55,7 @@ def lite(trained_synthetic, tmp_path_factory):
                                 ("noise0", "noise6k")]}
     files["long"] = _write(audio / "long.wav", np.concatenate(
         [synth_signal(kind, s, SR, rng) for kind, s in [("tone1k", 8.0), ("chirp2to4k", 8.0), ("noise6k", 7.0)]]))
-    logs: list[str] = []
-    out = root / "tflite"
-    export_tflite(trained_synthetic.run, out, ["float32"], reference=trained_synthetic.export, log=logs.append)
-    return types.SimpleNamespace(root=root, out=out, audio=audio, files=files, logs=logs)
+    return types.SimpleNamespace(root=root, out=tflite_tiny.out, audio=audio, files=files, logs=tflite_tiny.logs)
 
 
 @pytest.fixture(scope="module")
