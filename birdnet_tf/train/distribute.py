@@ -125,20 +125,8 @@ def resolve(cfg: Config, log=print) -> Distribution:
     return dist
 
 
-def per_worker_rows(rows, dist: Distribution):
-    """This worker's share of the training files (every ``num_workers``-th row from its index):
-    each file is read by one worker only."""
-    if dist.num_workers <= 1:
-        return rows
-    return rows.iloc[dist.worker_index::dist.num_workers]
+def per_worker_rows(rows, index: int, count: int):
+    """Worker ``index``'s share of ``count`` of the training files (every ``count``-th row from
+    ``index``): each file is read by one worker only."""
+    return rows if count <= 1 else rows.iloc[index::count]
 
-
-def input_options(dataset, dist: Distribution):
-    """The training dataset with tf.data auto-sharding off when the files are already sharded per worker."""
-    if dist.num_workers <= 1:
-        return dataset
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return dataset.with_options(options)

@@ -1,0 +1,149 @@
+"""The training loop of ``train.strategy=multi_worker``: Keras' own train step under ``strategy.run``.
+
+Keras 3's ``Model.fit`` cannot train under ``MultiWorkerMirroredStrategy`` (it reduces the
+step's per-replica outputs with ``strategy.reduce(..., axis=0)`` on scalars and fails with
+``ValueError: Attempt to convert a value (PerReplica…)``, keras-team/keras#20585). This loop
+does what ``fit`` does, with the reduction done here:
+
+- **Data**: :func:`distributed_dataset` builds each worker's dataset in
+  ``strategy.distribute_datasets_from_function``: worker ``input_pipeline_id`` of
+  ``num_input_pipelines`` reads every n-th training file, batched at
+  ``get_per_replica_batch_size(global batch)`` (= ``data.batch_size``); every worker runs the
+  same number of steps (those of all files at the global batch).
+- **Step**: the model's own ``train_step`` (what ``fit`` runs: the compiled loss, reduced over
+  the replica's batch and divided by the replicas in sync — a sum over the global batch —,
+  ``optimizer.scale_loss`` of a ``LossScaleOptimizer`` under mixed precision, and
+  ``apply_gradients``, which sums the gradients over every replica of every worker) in a
+  ``tf.function`` under ``strategy.run``; the logged loss is the mean over replicas.
+- **Callbacks**: the run's Keras callbacks through ``keras.callbacks.CallbackList``
+  (``set_model``, ``on_train_begin``, ``on_epoch_begin/end``, ``on_train_batch_begin/end``,
+  ``on_train_end``), as under ``fit``.
+- **Validation and decisions**: the chief alone scores the validation files
+  (:class:`~birdnet_tf.train.callbacks.FileValidation`, each window predicted on its own copy of
+  the weights, no collective op) and :func:`broadcast_from_chief` hands its ``val_*`` metrics to
+  every worker (one all-reduce in which only replica 0, on the chief, contributes). Every
+  worker then runs the same callbacks on the same logs — plateau schedule, checkpoints, early
+  stopping — so they take the same decisions and stop in the same epoch; the other workers'
+  :class:`~birdnet_tf.train.callbacks.RunCheckpoint` writes to their temporary folder
+  (TensorFlow's multi-worker guidance: every worker saves, so the saves' reads match).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from birdnet_tf.config import Config
+
+
+def distributed_dataset(source, files, cfg: Config, dist):
+    """The training data of a multi-worker run: ``(examples, distributed dataset)``.
+
+    ``examples`` are the source's :class:`~birdnet_tf.train.sources.Examples` of this worker's
+    files (its validation windows are every worker's); the dataset yields per-replica batches.
+    """
+    import dataclasses
+
+    from birdnet_tf.train.distribute import per_worker_rows
+
+    made = {}
+
+    def dataset_fn(ctx):
+        batch = ctx.get_per_replica_batch_size(cfg.data.batch_size * dist.replicas)
+        index, count = ctx.input_pipeline_id, ctx.num_input_pipelines
+        share = dataclasses.replace(files, train=per_worker_rows(files.train, index, count),
+                                    train_meta=None if files.train_meta is None else
+                                    per_worker_rows(files.train_meta, index, count))
+        source.cfg = cfg.replace([f"data.batch_size={batch}"])
+        try:
+            made["examples"] = source.training(share)
+        finally:
+            source.cfg = cfg
+        return made["examples"].dataset
+
+    dataset = dist.strategy.distribute_datasets_from_function(dataset_fn)
+    return made["examples"], dataset
+
+
+def predict_locally(model, windows) -> np.ndarray:
+    """Scores of every window on this worker's copy of the weights (``model.predict`` under the
+    strategy would share the windows out across workers): ``[windows, classes]``."""
+    import tensorflow as tf
+
+    call = tf.function(lambda x: model(x, training=False))
+    out = [np.asarray(call(x), np.float64) for x in windows.dataset]
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]))
+
+
+def broadcast_from_chief(strategy, values) -> np.ndarray:
+    """The chief's ``values`` (a float vector; any values on the other workers) on every worker.
+
+    A collective op: every worker must call it, with a vector of the same length, at the same point.
+    """
+    import tensorflow as tf
+
+    v = tf.constant(np.asarray(values, np.float64))
+
+    @tf.function
+    def share():
+        def replica_fn():
+            ctx = tf.distribute.get_replica_context()
+            mine = tf.where(tf.equal(ctx.replica_id_in_sync_group, 0), v, tf.zeros_like(v))
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, mine)
+
+        return strategy.experimental_local_results(strategy.run(replica_fn))[0]
+
+    return share().numpy()
+
+
+def fit(fit_model, dataset, cfg: Config, steps: int, initial_epoch: int, callbacks, dist, log=print) -> None:
+    """Trains ``fit_model`` from ``initial_epoch`` to ``train.epochs`` under ``dist``'s strategy
+    (see the module docstring); one log line per epoch."""
+    import keras
+    import tensorflow as tf
+
+    from birdnet_tf.train.callbacks import FILE_METRICS, FileValidation
+
+    strategy = dist.strategy
+    validation = [c for c in callbacks if isinstance(c, FileValidation)]
+    others = keras.callbacks.CallbackList([c for c in callbacks if not isinstance(c, FileValidation)],
+                                          model=fit_model)
+    for c in validation:
+        c.set_model(fit_model)
+        c.predict = predict_locally
+    val_keys = [f"val_{k}" for k in FILE_METRICS]
+    optimizer = fit_model.optimizer
+    if not optimizer.built:  # slot variables are made in the strategy's scope, not inside the step
+        with strategy.scope():
+            optimizer.build(fit_model.trainable_variables)
+
+    @tf.function
+    def train_step(iterator):
+        outputs = strategy.run(fit_model.train_step, args=(next(iterator),))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, outputs["loss"], axis=None)
+
+    iterator = iter(dataset)
+    fit_model.stop_training = False
+    others.on_train_begin()
+    for epoch in range(initial_epoch, cfg.train.epochs):
+        t0 = time.time()
+        fit_model.reset_metrics()
+        others.on_epoch_begin(epoch)
+        loss = float("nan")
+        for step in range(steps):
+            others.on_train_batch_begin(step)
+            loss = float(train_step(iterator))
+            others.on_train_batch_end(step, {"loss": loss})
+        logs = {"loss": loss}
+        if dist.chief:
+            for c in validation:
+                c.on_epoch_end(epoch, logs)
+        logs.update(zip(val_keys, (float(v) for v in broadcast_from_chief(
+            strategy, [logs.get(k, 0.0) for k in val_keys]))))
+        others.on_epoch_end(epoch, logs)
+        log(f"epoch {epoch + 1}/{cfg.train.epochs} - {time.time() - t0:.0f}s - " +
+            " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k in ("loss", *val_keys)))
+        if fit_model.stop_training:  # every worker decided it on the same logs
+            break
+    others.on_train_end()
