@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from birdnet_tf.config import Config
+from birdnet_tf.errors import BirdnetError
 
 
 def distributed_dataset(source, files, cfg: Config, dist):
@@ -66,14 +67,19 @@ def distributed_dataset(source, files, cfg: Config, dist):
     return made["examples"], dataset
 
 
-def predict_locally(model, windows) -> np.ndarray:
-    """Scores of every window on this worker's copy of the weights (``model.predict`` under the
-    strategy would share the windows out across workers): ``[windows, classes]``."""
+def local_predictor(model):
+    """``predict(model, windows)`` for :class:`~birdnet_tf.train.callbacks.FileValidation`: the scores of
+    every window on this worker's copy of ``model``'s weights, ``[windows, classes]`` (Keras' ``predict``
+    under the strategy would share the windows out across the workers). Traced once per run."""
     import tensorflow as tf
 
-    call = tf.function(lambda x: model(x, training=False))
-    out = [np.asarray(call(x), np.float64) for x in windows.dataset]
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]))
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def predict(_model, windows) -> np.ndarray:
+        out = [np.asarray(call(x), np.float64) for x in windows.dataset]
+        return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]))
+
+    return predict
 
 
 def broadcast_from_chief(strategy, values) -> np.ndarray:
@@ -103,6 +109,7 @@ def fit(fit_model, dataset, cfg: Config, steps: int, initial_epoch: int, callbac
     import keras
     import tensorflow as tf
 
+    from birdnet_tf.distill.teachers import plain_model
     from birdnet_tf.train.callbacks import FILE_METRICS, FileValidation
 
     strategy = dist.strategy
@@ -111,7 +118,7 @@ def fit(fit_model, dataset, cfg: Config, steps: int, initial_epoch: int, callbac
                                           model=fit_model)
     for c in validation:
         c.set_model(fit_model)
-        c.predict = predict_locally
+        c.predict = local_predictor(plain_model(fit_model))
     val_keys = [f"val_{k}" for k in FILE_METRICS]
     optimizer = fit_model.optimizer
     if not optimizer.built:  # slot variables are made in the strategy's scope, not inside the step
@@ -126,24 +133,30 @@ def fit(fit_model, dataset, cfg: Config, steps: int, initial_epoch: int, callbac
     iterator = iter(dataset)
     fit_model.stop_training = False
     others.on_train_begin()
-    for epoch in range(initial_epoch, cfg.train.epochs):
-        t0 = time.time()
-        fit_model.reset_metrics()
-        others.on_epoch_begin(epoch)
-        loss = float("nan")
-        for step in range(steps):
-            others.on_train_batch_begin(step)
-            loss = float(train_step(iterator))
-            others.on_train_batch_end(step, {"loss": loss})
-        logs = {"loss": loss}
-        if dist.chief:
-            for c in validation:
-                c.on_epoch_end(epoch, logs)
-        logs.update(zip(val_keys, (float(v) for v in broadcast_from_chief(
-            strategy, [logs.get(k, 0.0) for k in val_keys]))))
-        others.on_epoch_end(epoch, logs)
-        log(f"epoch {epoch + 1}/{cfg.train.epochs} - {time.time() - t0:.0f}s - " +
-            " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k in ("loss", *val_keys)))
-        if fit_model.stop_training:  # every worker decided it on the same logs
-            break
+    epoch = initial_epoch
+    try:
+        for epoch in range(initial_epoch, cfg.train.epochs):
+            t0 = time.time()
+            fit_model.reset_metrics()
+            others.on_epoch_begin(epoch)
+            loss = float("nan")
+            for step in range(steps):
+                others.on_train_batch_begin(step)
+                loss = float(train_step(iterator))
+                others.on_train_batch_end(step, {"loss": loss})
+            logs = {"loss": loss}
+            if dist.chief:
+                for c in validation:
+                    c.on_epoch_end(epoch, logs)
+            logs.update(zip(val_keys, (float(v) for v in broadcast_from_chief(
+                strategy, [logs.get(k, 0.0) for k in val_keys]))))
+            others.on_epoch_end(epoch, logs)
+            log(f"epoch {epoch + 1}/{cfg.train.epochs} - {time.time() - t0:.0f}s - " +
+                " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k in ("loss", *val_keys)))
+            if fit_model.stop_training:  # every worker decided it on the same logs
+                break
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError) as e:
+        raise BirdnetError(f"{dist.describe()}: another worker of the cluster stopped during epoch {epoch + 1} "
+                           f"({type(e).__name__}); relaunch every worker with the same command and TF_CONFIG: "
+                           "the run resumes after its last finished epoch") from None
     others.on_train_end()
