@@ -103,6 +103,25 @@ def broadcast_from_chief(strategy, values) -> np.ndarray:
     return share().numpy()
 
 
+def train_function(fit_model, strategy):
+    """``step(iterator)``: one training step of ``fit_model`` on the next batch of every replica
+    (``fit_model.train_step`` under ``strategy.run``, in a ``tf.function``); returns the loss, the
+    mean over the replicas of each one's running mean since ``fit_model.reset_metrics()``."""
+    import tensorflow as tf
+
+    optimizer = fit_model.optimizer
+    if not optimizer.built:  # slot variables are made in the strategy's scope, not inside the step
+        with strategy.scope():
+            optimizer.build(fit_model.trainable_variables)
+
+    @tf.function
+    def step(iterator):
+        outputs = strategy.run(fit_model.train_step, args=(next(iterator),))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, outputs["loss"], axis=None)
+
+    return step
+
+
 def fit(fit_model, dataset, cfg: Config, steps: int, initial_epoch: int, callbacks, dist, log=print) -> None:
     """Trains ``fit_model`` from ``initial_epoch`` to ``train.epochs`` under ``dist``'s strategy
     (see the module docstring); one log line per epoch."""
@@ -120,16 +139,7 @@ def fit(fit_model, dataset, cfg: Config, steps: int, initial_epoch: int, callbac
         c.set_model(fit_model)
         c.predict = local_predictor(plain_model(fit_model))
     val_keys = [f"val_{k}" for k in FILE_METRICS]
-    optimizer = fit_model.optimizer
-    if not optimizer.built:  # slot variables are made in the strategy's scope, not inside the step
-        with strategy.scope():
-            optimizer.build(fit_model.trainable_variables)
-
-    @tf.function
-    def train_step(iterator):
-        outputs = strategy.run(fit_model.train_step, args=(next(iterator),))
-        return strategy.reduce(tf.distribute.ReduceOp.MEAN, outputs["loss"], axis=None)
-
+    train_step = train_function(fit_model, strategy)
     iterator = iter(dataset)
     fit_model.stop_training = False
     others.on_train_begin()

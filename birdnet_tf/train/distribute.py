@@ -9,6 +9,9 @@
 - ``auto``: ``multi_worker`` when ``TF_CONFIG`` names a cluster of more than one task,
   ``mirrored`` with two or more local GPUs, else ``one_device``.
 
+``multi_worker`` trains with :mod:`birdnet_tf.train.custom_loop` (Keras 3's ``fit`` fails under
+``MultiWorkerMirroredStrategy``, keras-team/keras#20585), the others with Keras' ``fit``.
+
 ``data.batch_size`` is the batch of one replica: the global batch is ``data.batch_size ×
 replicas`` and an epoch has correspondingly fewer steps. The learning rate is **not** scaled
 automatically (README "Scaling out" gives the linear rule to apply by hand).

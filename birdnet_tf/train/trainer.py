@@ -8,7 +8,7 @@
 - :mod:`birdnet_tf.train.optim` — optimizer, learning-rate schedule and loss of ``train.*``;
 - :mod:`birdnet_tf.train.callbacks` — validation, checkpoints, the plateau schedule, early stopping;
 - :mod:`birdnet_tf.train.loop` — dtype policy, the distribution-strategy scope, the model built or
-  restored, ``fit``.
+  restored, ``fit``; :mod:`birdnet_tf.train.custom_loop` — the loop of ``train.strategy=multi_worker``.
 
 Running ``train`` again on the same folder with the same config resumes after the
 last finished epoch; with a different config it refuses instead of mixing runs.
@@ -152,8 +152,8 @@ def fit_run(cfg: Config, dist, paths: RunPaths, write_paths: RunPaths, source, r
             t0: float, cache_dir, evaluate: bool, log, val_keys) -> dict:
     """The part of :func:`train` after the checks: run files, examples, model, ``fit``, evaluation.
 
-    ``write_paths`` is where this process writes a new run's files: ``paths`` on the chief, a
-    temporary folder on another worker of a multi-worker run.
+    ``write_paths`` is where this process writes: ``paths`` on the chief, a temporary folder on
+    another worker of a multi-worker run (a new run's files, its checkpoints).
     """
     import keras
 
