@@ -20,7 +20,7 @@ does what ``fit`` does, with the reduction done here:
   ``on_train_end``), as under ``fit``.
 - **Validation and decisions**: the chief alone scores the validation files
   (:class:`~birdnet_tf.train.callbacks.FileValidation`, each window predicted on its own copy of
-  the weights, no collective op) and :func:`broadcast_from_chief` hands its ``val_*`` metrics to
+  the weights, no collective op) and :func:`chief_broadcast` hands its ``val_*`` metrics to
   every worker (one all-reduce in which only replica 0, on the chief, contributes). Every
   worker then runs the same callbacks on the same logs — plateau schedule, checkpoints, early
   stopping — so they take the same decisions and stop in the same epoch; the other workers'
@@ -82,25 +82,24 @@ def local_predictor(model):
     return predict
 
 
-def broadcast_from_chief(strategy, values) -> np.ndarray:
-    """The chief's ``values`` (a float vector; any values on the other workers) on every worker.
+def chief_broadcast(strategy):
+    """``broadcast(values)``: the chief's ``values`` (a float vector; any values on the other workers)
+    on every worker, through one all-reduce in which only replica 0 (the chief's first) contributes.
 
     A collective op: every worker must call it, with a vector of the same length, at the same point.
     """
     import tensorflow as tf
 
-    v = tf.constant(np.asarray(values, np.float64))
-
     @tf.function
-    def share():
-        def replica_fn():
+    def share(v):
+        def replica_fn(v):
             ctx = tf.distribute.get_replica_context()
             mine = tf.where(tf.equal(ctx.replica_id_in_sync_group, 0), v, tf.zeros_like(v))
             return ctx.all_reduce(tf.distribute.ReduceOp.SUM, mine)
 
-        return strategy.experimental_local_results(strategy.run(replica_fn))[0]
+        return strategy.experimental_local_results(strategy.run(replica_fn, args=(v,)))[0]
 
-    return share().numpy()
+    return lambda values: share(tf.constant(np.asarray(values, np.float64))).numpy()
 
 
 def train_function(fit_model, strategy):
@@ -139,7 +138,7 @@ def fit(fit_model, dataset, cfg: Config, steps: int, initial_epoch: int, callbac
         c.set_model(fit_model)
         c.predict = local_predictor(plain_model(fit_model))
     val_keys = [f"val_{k}" for k in FILE_METRICS]
-    train_step = train_function(fit_model, strategy)
+    train_step, broadcast = train_function(fit_model, strategy), chief_broadcast(strategy)
     iterator = iter(dataset)
     fit_model.stop_training = False
     others.on_train_begin()
@@ -158,8 +157,7 @@ def fit(fit_model, dataset, cfg: Config, steps: int, initial_epoch: int, callbac
             if dist.chief:
                 for c in validation:
                     c.on_epoch_end(epoch, logs)
-            logs.update(zip(val_keys, (float(v) for v in broadcast_from_chief(
-                strategy, [logs.get(k, 0.0) for k in val_keys]))))
+            logs.update(zip(val_keys, (float(v) for v in broadcast([logs.get(k, 0.0) for k in val_keys]))))
             others.on_epoch_end(epoch, logs)
             log(f"epoch {epoch + 1}/{cfg.train.epochs} - {time.time() - t0:.0f}s - " +
                 " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k in ("loss", *val_keys)))
