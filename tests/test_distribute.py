@@ -190,3 +190,34 @@ def test_cli_strategy_multi_worker_without_tf_config(tmp_path, synthetic_dataset
                             "--strategy", "multi_worker"])
     assert rc != 0 and "needs the TF_CONFIG environment variable" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_per_worker_rows_share_out_files_and_metadata_rows():
+    import numpy as np
+    import pandas as pd
+
+    from birdnet_tf.train.distribute import per_worker_rows
+
+    rows, meta = pd.DataFrame({"key": list("abcde")}), np.arange(10).reshape(5, 2)
+    shares = [per_worker_rows(rows, i, 2) for i in range(2)]
+    assert [list(s["key"]) for s in shares] == [["a", "c", "e"], ["b", "d"]]
+    assert per_worker_rows(meta, 1, 2).tolist() == [[2, 3], [6, 7]]  # the same rows as the files'
+    assert per_worker_rows(rows, 0, 1) is rows
+
+
+def test_another_worker_resumes_only_after_the_chief_finished_an_epoch(tmp_path, tiny_config):
+    from birdnet_tf.config import save_config
+    from birdnet_tf.runs import RunPaths
+    from birdnet_tf.train.distribute import Distribution
+    from birdnet_tf.train.trainer import run_to_resume
+
+    paths = RunPaths(tmp_path / "run")
+    paths.root.mkdir()
+    save_config(tiny_config, paths.config)
+    (paths.root / "split.csv.part").write_text("")  # the chief's first files, half written
+    chief, other = Distribution(None, "multi_worker", 0, 2), Distribution(None, "multi_worker", 1, 2)
+    assert run_to_resume(paths, tiny_config, chief) and not run_to_resume(paths, tiny_config, other)
+    paths.state.write_text(json.dumps({"epoch": 1}))
+    assert run_to_resume(paths, tiny_config, other)
+    with pytest.raises(ConfigError, match="different config"):  # and it checks the config as the chief does
+        run_to_resume(paths, tiny_config.replace(["train.epochs=9"]), other)

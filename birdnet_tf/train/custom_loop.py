@@ -58,10 +58,12 @@ def distributed_dataset(source, files, cfg: Config, dist):
                                     per_worker_rows(files.train_meta, index, count))
         source.cfg = cfg.replace([f"data.batch_size={batch}"])
         try:
-            made["examples"] = source.training(share)
+            examples = source.training(share)
         finally:
             source.cfg = cfg
-        return made["examples"].dataset
+        made["examples"] = dataclasses.replace(
+            examples, what=f"{examples.what} (worker {index}'s share of {len(files.train)} files)")
+        return examples.dataset
 
     dataset = dist.strategy.distribute_datasets_from_function(dataset_fn)
     return made["examples"], dataset

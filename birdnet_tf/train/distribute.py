@@ -130,6 +130,9 @@ def resolve(cfg: Config, log=print) -> Distribution:
 
 def per_worker_rows(rows, index: int, count: int):
     """Worker ``index``'s share of ``count`` of the training files (every ``count``-th row from
-    ``index``): each file is read by one worker only."""
-    return rows if count <= 1 else rows.iloc[index::count]
+    ``index`` of a DataFrame or an array, e.g. the files' metadata features): each file is read
+    by one worker only."""
+    if count <= 1:
+        return rows
+    return rows.iloc[index::count] if hasattr(rows, "iloc") else rows[index::count]
 
