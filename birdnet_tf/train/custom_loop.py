@@ -1,9 +1,9 @@
 """The training loop of ``train.strategy=multi_worker``: Keras' own train step under ``strategy.run``.
 
-Keras 3's ``Model.fit`` cannot train under ``MultiWorkerMirroredStrategy`` (it reduces the
-step's per-replica outputs with ``strategy.reduce(..., axis=0)`` on scalars and fails with
-``ValueError: Attempt to convert a value (PerReplica…)``, keras-team/keras#20585). This loop
-does what ``fit`` does, with the reduction done here:
+Keras 3's ``Model.fit`` cannot train under ``MultiWorkerMirroredStrategy``: with more than one
+worker it fails with ``ValueError: Attempt to convert a value (PerReplica…)`` (keras-team/keras#20585;
+its multi-worker branch of ``reduce_per_replica`` reduces the step's scalar outputs with
+``axis=0``). This loop does what ``fit`` does, reducing the step's loss itself:
 
 - **Data**: :func:`distributed_dataset` builds each worker's dataset in
   ``strategy.distribute_datasets_from_function``: worker ``input_pipeline_id`` of
@@ -17,7 +17,8 @@ does what ``fit`` does, with the reduction done here:
   ``tf.function`` under ``strategy.run``; the logged loss is the mean over replicas.
 - **Callbacks**: the run's Keras callbacks through ``keras.callbacks.CallbackList``
   (``set_model``, ``on_train_begin``, ``on_epoch_begin/end``, ``on_train_batch_begin/end``,
-  ``on_train_end``), as under ``fit``.
+  ``on_train_end``), as under ``fit``; a progress bar of the steps on the chief's terminal, one
+  line per epoch.
 - **Validation and decisions**: the chief alone scores the validation files
   (:class:`~birdnet_tf.train.callbacks.FileValidation`, each window predicted on its own copy of
   the weights, no collective op) and :func:`chief_broadcast` hands its ``val_*`` metrics to
@@ -128,14 +129,16 @@ def fit(fit_model, dataset, cfg: Config, steps: int, initial_epoch: int, callbac
     (see the module docstring); one log line per epoch."""
     import keras
     import tensorflow as tf
+    from tqdm.auto import tqdm
 
     from birdnet_tf.distill.teachers import plain_model
     from birdnet_tf.train.callbacks import FILE_METRICS, FileValidation
+    from birdnet_tf.train.loop import is_tty
 
     strategy = dist.strategy
     validation = [c for c in callbacks if isinstance(c, FileValidation)]
     others = keras.callbacks.CallbackList([c for c in callbacks if not isinstance(c, FileValidation)],
-                                          model=fit_model)
+                                          model=fit_model, epochs=cfg.train.epochs, steps=steps, verbose=0)
     for c in validation:
         c.set_model(fit_model)
         c.predict = local_predictor(plain_model(fit_model))
@@ -151,10 +154,15 @@ def fit(fit_model, dataset, cfg: Config, steps: int, initial_epoch: int, callbac
             fit_model.reset_metrics()
             others.on_epoch_begin(epoch)
             loss = float("nan")
+            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                       disable=not (is_tty() and dist.chief))
             for step in range(steps):
                 others.on_train_batch_begin(step)
                 loss = float(train_step(iterator))
                 others.on_train_batch_end(step, {"loss": loss})
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.close()
             logs = {"loss": loss}
             if dist.chief:
                 for c in validation:
