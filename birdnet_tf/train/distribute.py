@@ -135,4 +135,3 @@ def per_worker_rows(rows, index: int, count: int):
     if count <= 1:
         return rows
     return rows.iloc[index::count] if hasattr(rows, "iloc") else rows[index::count]
-
