@@ -64,7 +64,7 @@ demo-clean:
 
 # ----------------------------------------------------------------------- tests
 test: venv
-	.venv/bin/python -m pytest -q -x --durations=15 tests
+	.venv/bin/python -m pytest -q -x -n 2 --dist loadfile --durations=15 tests
 
 bench: venv
 	$(BIN)/python benchmarks/pipeline_throughput.py

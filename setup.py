@@ -39,9 +39,11 @@ BEAM = ["apache-beam==2.77.0", "pyarrow==25.0.0"]
 EXTRAS = {
     "train": TRAIN_REQUIRES,  # the full install: pip install 'birdnet-tf[train]'
     "lite": [],  # the base install, named: pip install 'birdnet-tf[lite]' (no TensorFlow)
+    # embed / search on a birdnet-tf tflite folder without TensorFlow: the base install plus pyarrow (Parquet)
+    "embed": ["pyarrow==25.0.0"],
     "beam": TRAIN_REQUIRES + BEAM,  # birdnet-tf batch (runs the SavedModel engine: needs TensorFlow)
     # the full install plus reference implementations used by tests and benchmarks (and beam, so CI runs its tests)
-    "dev": TRAIN_REQUIRES + ["pytest==9.2.0", "librosa==0.11.0", "scikit-learn==1.9.1", "scipy==1.17.1",
+    "dev": TRAIN_REQUIRES + ["pytest==9.2.0", "pytest-xdist==3.8.0", "librosa==0.11.0", "scikit-learn==1.9.1", "scipy==1.17.1",
                              "psutil==7.2.2",
                              "optuna==5.0.0",  # birdnet-tf ensemble --method optuna (TPE weight search)
                              *BEAM],

@@ -12,8 +12,8 @@ costs weigh; ``--audio`` can point at more. The real-time factor is audio second
 seconds. The Beam tables are checked against predict's (largest score difference).
 
 Training rows (issue 14 item 1): one device against MirroredStrategy over two logical CPU
-devices, steps per second of the default model at the same global batch (marked place below;
-``--train-steps``).
+devices, and two worker processes on loopback (``multi_worker``), steps per second of the
+default model at the same global batch (marked place below; ``--train-steps``).
 
     python benchmarks/scale_cpu.py [--export DIR] [--audio FOLDER_OR_GLOB ...] [--workers 1,2] [--json OUT]
 
@@ -152,6 +152,78 @@ def training_rows(args) -> list[dict]:
                      "workers": r["replicas"], "wall_s": r["wall_s"], "steps_per_s": r["steps_per_s"]})
         print(f"  train {r['strategy']}: {r['steps_per_s']:.2f} steps/s", flush=True)
     return rows
+
+
+# Two worker processes on loopback (train.strategy=multi_worker): the default model in
+# MultiWorkerMirroredStrategy, the training loop's own step (birdnet_tf.train.custom_loop), each
+# worker a batch of 8 of its own data (a global batch of 16, as the rows above); steps per second
+# after one warm-up step, timed on the chief. Both processes share this machine's cores and talk
+# through gRPC on loopback: this shows the overhead, not a speed-up.
+MULTI_WORKER_SCRIPT = """
+import json, sys, time
+import keras, numpy as np, tensorflow as tf
+from birdnet_tf.config import Config
+from birdnet_tf.train import loop
+from birdnet_tf.train.custom_loop import train_function
+from birdnet_tf.train.distribute import resolve
+from birdnet_tf.train.sources import example_source
+steps, data = int(sys.argv[1]), sys.argv[2]
+cfg = Config().replace(["train.strategy=multi_worker", "data.batch_size=8", "train.warmup_epochs=0"])
+dist = resolve(cfg, log=lambda *a: None)
+rng = np.random.default_rng(dist.worker_index)
+x = rng.normal(size=(8 * (steps + 1), cfg.excerpt_samples)).astype("float32") * 0.1
+y = np.eye(20, dtype="float32")[np.arange(len(x)) % 20]
+ds = dist.strategy.distribute_datasets_from_function(
+    lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(ctx.get_per_replica_batch_size(16)).repeat())
+keras.utils.set_random_seed(1)
+with loop.strategy_scope(cfg):
+    model, fit_model, _ = loop.prepare_model(cfg, None, example_source(cfg, data), 20, steps, False)
+step, batches = train_function(fit_model, dist.strategy), iter(ds)
+float(step(batches))
+t0 = time.perf_counter()
+for _ in range(steps):
+    float(step(batches))
+wall = time.perf_counter() - t0
+if dist.chief:
+    print(json.dumps({"strategy": "multi_worker", "replicas": dist.replicas, "wall_s": wall, "steps_per_s": steps / wall}))
+"""
+
+
+def multi_worker_row(args) -> dict:
+    import socket
+
+    steps = getattr(args, "train_steps", 10)
+    socks = [socket.socket() for _ in range(2)]
+    for sock in socks:
+        sock.bind(("localhost", 0))
+    cluster = {"worker": [f"localhost:{sock.getsockname()[1]}" for sock in socks]}
+    for sock in socks:
+        sock.close()
+    print(f"training: default model, two workers on loopback, 2 x 8 per step, {steps} steps", flush=True)
+    procs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(2):
+            env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+                   "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+            with open(Path(tmp) / f"worker{i}.log", "w") as log:
+                procs.append(subprocess.Popen([sys.executable, "-c", MULTI_WORKER_SCRIPT, str(steps),
+                                               str(REPO / "examples" / "xc-sample")], stdout=log,
+                                              stderr=subprocess.STDOUT, env=env, cwd=REPO))
+        try:
+            for proc in procs:
+                proc.wait(timeout=600)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        text = (Path(tmp) / "worker0.log").read_text()
+        if any(proc.returncode for proc in procs):
+            raise SystemExit("multi_worker row failed:\n" + text[-2000:] + (Path(tmp) / "worker1.log").read_text()[-1000:])
+    r = json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+    print(f"  train multi_worker: {r['steps_per_s']:.2f} steps/s", flush=True)
+    return {"row": f"train two workers on loopback (multi_worker, {r['replicas']} replicas): "
+                   f"{r['steps_per_s']:.2f} steps/s", "workers": 2, "wall_s": r["wall_s"], "steps_per_s": r["steps_per_s"]}
 # <<< training-strategy rows
 
 
@@ -176,6 +248,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = inference_rows(export, files, [int(n) for n in args.workers.split(",") if n], Path(tmp))
     rows += training_rows(args)
+    rows.append(multi_worker_row(args))
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}\n")
     print("| row | workers | wall s | audio s | real-time factor | max score diff vs predict |")
     print("|---|---|---|---|---|---|")

@@ -188,7 +188,7 @@ def cmd_tflite(args) -> int:
     from birdnet_tf.tflite import export_tflite
 
     export_tflite(args.run_dir, args.out, quantizations, window_s=args.window_s, check_audio=check,
-                  force=args.force, reference=args.reference, log=_log)
+                  force=args.force, reference=args.reference, log=_log, embeddings=not args.no_embeddings)
     return 0
 
 
@@ -373,7 +373,7 @@ def cmd_search(args) -> int:
 def cmd_head(args) -> int:
     from birdnet_tf.embed.head import train_head
 
-    _quiet_tensorflow()
+    # no TensorFlow up front: a database from a TFLite folder is refused with its own message first
     train_head(args.db, args.labels, args.out, model=args.model, force=args.force, log=_log,
                **given(args, "epochs"))
     return 0
@@ -555,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recordings to verify on (default: the run's validation files from split.csv)")
     p.add_argument("--reference", default=None, metavar="EXPORT_DIR",
                    help="this run's SavedModel export to compare with (default: one exported to a temporary folder)")
+    p.add_argument("--no-embeddings", action="store_true",
+                   help="leave out the embedding halves embed_<q>.tflite (embed/search on the folder then refuse it)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_tflite)
 
@@ -762,7 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", parents=[quiet], help="write per-window embeddings of audio files to a database "
                        "(Parquet; resumable)")
-    p.add_argument("model", help="run folder or exported model folder")
+    p.add_argument("model", help="run folder, exported model folder, or birdnet-tf tflite folder (LiteRT, no "
+                   "TensorFlow)")
     p.add_argument("inputs", nargs="+", metavar="AUDIO_OR_DIR", help="audio files and/or folders")
     p.add_argument("--out", required=True, metavar="DB", help="database folder to write or add to")
     p.add_argument("--window-s", type=float, default=None, help="window length (default: the model's excerpt)")
@@ -786,10 +789,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("head", help="fit a classifier for new sound classes on labelled windows of an embedding "
                        "database; writes an export that predict reads")
-    p.add_argument("db", help="database folder written by birdnet-tf embed (from a run folder)")
+    p.add_argument("db", help="database folder written by birdnet-tf embed (from a run folder or an export)")
     p.add_argument("--labels", required=True, metavar="CSV", help="labelled stretches: file,start_s,end_s,label")
     p.add_argument("--out", required=True, help="export folder to write")
-    p.add_argument("--model", default=None, help="the database's run folder, where it moved")
+    p.add_argument("--model", default=None, help="the database's run folder or export, where it moved")
     p.add_argument("--epochs", type=int, default=lib("birdnet_tf.embed.head.train_head", "epochs"),
                    help="full-batch training steps (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an export this package wrote")
@@ -823,7 +826,8 @@ def main(argv: list[str] | None = None) -> int:
         if (e.name or "").split(".")[0] not in TRAIN_MODULES:
             raise
         print(f"birdnet-tf: error: '{args.command}' needs {e.name}, which the TensorFlow-free install lacks "
-              "(it only runs 'predict' on a 'birdnet-tf tflite' folder); install the full package: "
+              "(it runs 'predict', and with pyarrow 'embed' and 'search', on a 'birdnet-tf tflite' folder); "
+              "install the full package: "
               "pip install 'birdnet-tf[train]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,7 +9,10 @@ Contract of one output (``model_<quantization>.tflite`` + ``model_<quantization>
 Beside each window model, the whole-recording halves ``front_<q>.tflite`` and
 ``body_<q>.tflite`` (:func:`convert_whole`: fixed-size chunks and segments, named in the
 sidecar's ``whole_recording``), verified against the SavedModel's whole-recording engine
-(:func:`verify_whole`) and run without TensorFlow by :mod:`birdnet_tf.lite`.
+(:func:`verify_whole`) and run without TensorFlow by :mod:`birdnet_tf.lite`; and the embedding
+half ``embed_<q>.tflite`` (:func:`convert_embed`: frames → per-step features, for ``birdnet-tf
+embed``/``search`` on the folder), verified against the SavedModel's embeddings
+(:func:`verify_embeddings`).
 
 Audio-only runs only: a run trained with metadata (``metadata.use`` only / combined) is
 refused up front (:func:`check_audio_only`).
@@ -72,6 +75,13 @@ QUANTIZATIONS = ("float32", "float16", "int8")
 #:   cent: measured 2.7e-3 … 0.047, top-1 agreement 98–100 %. 0.1 = 2.1× the largest;
 #:   with the mel filterbank quantized too, the difference reached 0.9999.
 TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "int8": 0.1}
+
+#: Largest |TFLite − SavedModel| of an embedding component, relative to the largest |component| of
+#: the SavedModel's vectors, that :func:`verify_embeddings` accepts (features have no fixed range).
+#: Measured on the demo run (``runs/demo``, 128-dim, 78 windows of the test signals and 4 xc-pr20
+#: recordings): 6.6e-6 (float32), 1.6e-3 (float16), 0.022 (int8; least cosine similarity 0.9992),
+#: so 15×, 12× and 4.6× headroom; the float32 bound is the window scores' 1e-4.
+EMBED_TOLERANCES = {"float32": 1e-4, "float16": 2e-2, "int8": 0.1}
 
 #: TFLite operators that mean the variables were not frozen (LiteRT then returns NaN).
 _VARIABLE_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CALL_ONCE"}
@@ -227,7 +237,7 @@ def _flatbuffer(model, output: str, spec, quantization: str, what: str) -> bytes
     import tensorflow as tf
 
     def serve(x):
-        return {output: model(x, training=False)}
+        return {output: tf.cast(model(x, training=False), tf.float32)}  # a no-op unless mixed precision
 
     with tempfile.TemporaryDirectory(prefix="birdnet-tflite-") as tmp:
         archive = keras.export.ExportArchive()
@@ -300,6 +310,37 @@ def convert_whole(model, cfg, quantization: str = "float32", front_s: float = WH
              "n_fft": geo.n_fft, "n_mels": fe.n_mels, "front_samples": front_samples, "front_frames": front_frames,
              "segment_frames": segment_frames, "segment_steps": segment_steps}
     return front_tfl, body_tfl, facts
+
+
+def convert_embed(model, cfg, quantization: str = "float32", segment_frames: int | None = None) -> tuple[bytes, int]:
+    """The embedding half of a Keras model as a TFLite flatbuffer: ``(embed, dim)``.
+
+    ``embed``: ``frames float32 [batch, segment_frames, bands]`` (the ``body``'s input, band-centred
+    when the model centres) → ``features [batch, segment_steps, dim]``, the body cut before its class
+    logits (:func:`~birdnet_tf.models.surgery.split_model` with ``features``: what the export's
+    ``features`` signature gives). A window's embedding is the mean of its steps' features, taken in
+    NumPy by the streaming engine (:meth:`birdnet_tf.infer.whole.WholeRecordingModel.window_vectors`),
+    as the export's ``embeddings`` signature takes it. ``segment_frames``: the body's (default: the
+    segment of :func:`convert_whole`'s defaults), so the one front chunking serves both.
+
+    Raises:
+        BirdnetError: A model that cannot be split or converted.
+    """
+    import tensorflow as tf
+
+    from birdnet_tf.models.surgery import probe_geometry, split_model
+
+    if quantization not in QUANTIZATIONS:
+        raise BirdnetError(f"unknown quantization '{quantization}'; choose from {', '.join(QUANTIZATIONS)}")
+    _, features, facts = split_model(model, features=True)
+    fe = cfg.frontend
+    if segment_frames is None:
+        geo = probe_geometry(features, fe.n_mels, fe.hop_length, fe.n_fft, cfg.audio.sample_rate_hz)
+        steps = max(1, int(round(WHOLE_SEGMENT_S * cfg.audio.sample_rate_hz / geo.stride_samples)))
+        segment_frames = geo.field + (steps - 1) * geo.stride
+    content = _flatbuffer(features, "features", tf.TensorSpec([None, int(segment_frames), fe.n_mels], tf.float32,
+                                                              name="frames"), quantization, "TFLite embedding half")
+    return content, int(facts["dim"])
 
 
 # ---------------------------------------------------------------- verification
@@ -436,7 +477,7 @@ def validation_audio(run_dir: str | os.PathLike) -> list[str]:
 def output_paths(out_dir: str | os.PathLike, quantizations) -> list[Path]:
     out = Path(out_dir)
     return [out / "labels.txt"] + [out / f"model_{q}.{ext}" for q in quantizations for ext in ("tflite", "json")] \
-        + [out / f"{half}_{q}.tflite" for q in quantizations for half in ("front", "body")]
+        + [out / f"{half}_{q}.tflite" for q in quantizations for half in ("front", "body", "embed")]
 
 
 def check_outputs(out_dir: str | os.PathLike, quantizations, force: bool = False) -> None:
@@ -542,31 +583,76 @@ def verify_whole(lite, reference, sources: list[np.ndarray], window_s: float, ho
     return result
 
 
+def verify_embeddings(lite, reference, sources: list[np.ndarray], window_s: float, hop_s: float,
+                      quantization: str, tolerance: float | None = None, where="TFLite embedding half") -> dict:
+    """Per-window embeddings of two whole-recording engines on the same recordings, compared.
+
+    ``lite`` and ``reference`` are :class:`~birdnet_tf.infer.whole.WholeRecordingModel` s with
+    features (the LiteRT ``front``/``embed`` halves and the SavedModel's ``front``/``features``);
+    windows of ``window_s`` every ``hop_s``. Features have no fixed range, so the difference is
+    taken relative to the reference's scale: ``max_rel_diff`` = max |Δ| / max |reference value|.
+    Returns ``windows``, ``recordings``, ``dim``, ``max_abs_diff``, ``max_rel_diff``,
+    ``min_cosine`` (the least cosine similarity of a window's two vectors: what ``search``
+    ranks by), ``tolerance``, ``window_s`` and ``hop_s``.
+
+    Raises:
+        BirdnetError: NaN vectors or a ``max_rel_diff`` above the tolerance (default
+            :data:`EMBED_TOLERANCES` of the quantization).
+    """
+    tol = EMBED_TOLERANCES.get(quantization, EMBED_TOLERANCES["int8"]) if tolerance is None else float(tolerance)
+    got = np.concatenate([lite.embed(x, window_s, hop_s).vectors for x in sources]).astype(np.float64)
+    ref = np.concatenate([reference.embed(x, window_s, hop_s).vectors for x in sources]).astype(np.float64)
+    if got.shape != ref.shape:
+        raise BirdnetError(f"{where}: vectors have shape {got.shape}, the reference's {ref.shape}")
+    if not np.isfinite(got).all():
+        raise BirdnetError(f"{where}: NaN or infinite vectors ({quantization})")
+    diff = np.abs(got - ref)
+    scale = max(float(np.abs(ref).max()), 1e-12)
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
+    cosine = np.where(norms > 0, np.sum(got * ref, axis=1) / np.maximum(norms, 1e-300),
+                      np.where(np.linalg.norm(got - ref, axis=1) == 0, 1.0, 0.0))
+    result = {"windows": int(len(got)), "recordings": len(sources), "dim": int(got.shape[1]),
+              "max_abs_diff": float(diff.max()), "max_rel_diff": float(diff.max() / scale),
+              "min_cosine": float(cosine.min()), "tolerance": tol, "window_s": window_s, "hop_s": hop_s}
+    if result["max_rel_diff"] > tol:
+        raise BirdnetError(f"{where}: embeddings differ from the SavedModel's by up to {result['max_rel_diff']:.3g} "
+                           f"of their largest value (tolerance {tol:g} for {quantization}; least cosine "
+                           f"similarity {result['min_cosine']:.4f}; {len(got)} windows of {len(sources)} recording(s))")
+    return result
+
+
 def _whole_halves(model, cfg, q: str, meta: dict, sources: list[np.ndarray], ref, tmp: Path,
-                  num_threads: int | None) -> dict[str, bytes]:
-    """Converts and verifies the halves of ``q``; adds ``meta["whole_recording"]``; returns {file name: content}."""
+                  num_threads: int | None, embeddings: bool = True) -> dict[str, bytes]:
+    """Converts and verifies the halves of ``q`` (with the embedding half when ``embeddings``: ``ref`` must
+    then have the ``features`` signature); adds ``meta["whole_recording"]``; returns {file name: content}."""
     from birdnet_tf.infer.whole import WholeRecordingModel
     from birdnet_tf.lite.runtime import whole_engine
 
     front, body, facts = convert_whole(model, cfg, q)
     files = {f"front_{q}.tflite": front, f"body_{q}.tflite": body}
-    meta["whole_recording"] = {"front": f"front_{q}.tflite", "body": f"body_{q}.tflite", **facts}
+    whole = meta["whole_recording"] = {"front": f"front_{q}.tflite", "body": f"body_{q}.tflite", **facts}
+    reference = WholeRecordingModel.from_export(ref)
+    if embeddings:
+        files[f"embed_{q}.tflite"], whole["dim"] = convert_embed(model, cfg, q, facts["segment_frames"])
+        whole["embed"] = f"embed_{q}.tflite"
     check = tmp / f"whole_{q}"  # the halves as they will be written, loaded exactly as predict loads them
     check.mkdir(exist_ok=True)
     for name, content in files.items():
         (check / name).write_bytes(content)
-    lite = whole_engine(check, meta["whole_recording"], cfg, num_threads)
+    lite = whole_engine(check, whole, cfg, num_threads, embeddings=embeddings)
     window_s = meta["window_s"]
-    meta["whole_recording"]["verification"] = verify_whole(
-        lite, WholeRecordingModel.from_export(ref), sources, window_s, window_s / 2, q,
-        where=f"front_{q}/body_{q}.tflite")
+    whole["verification"] = verify_whole(lite, reference, sources, window_s, window_s / 2, q,
+                                         where=f"front_{q}/body_{q}.tflite")
+    if embeddings:
+        whole["embed_verification"] = verify_embeddings(lite, reference, sources, window_s, window_s / 2, q,
+                                                        where=f"embed_{q}.tflite")
     return files
 
 
 def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantizations=QUANTIZATIONS,
                   window_s: float | None = None, check_audio: list[str] | None = None, force: bool = False,
                   log=print, reference: str | os.PathLike | None = None, num_threads: int | None = None,
-                  max_windows_per_file: int | None = 8, whole: bool = True) -> dict[str, dict]:
+                  max_windows_per_file: int | None = 8, whole: bool = True, embeddings: bool = True) -> dict[str, dict]:
     """Writes verified TFLite models of a run: ``out_dir/model_<q>.tflite`` + ``model_<q>.json`` + ``labels.txt``.
 
     Each quantization is converted (:func:`convert`), loaded in LiteRT and compared with
@@ -590,6 +676,10 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
             whole-recording engine on the test signals and the first
             :data:`WHOLE_CHECK_S` seconds of up to :data:`WHOLE_CHECK_FILES` recordings
             (:func:`verify_whole`); a model that cannot be split gets a note and none.
+        embeddings: With ``whole``, also write the embedding half ``embed_<q>.tflite``
+            (:func:`convert_embed`, verified by :func:`verify_embeddings` on the same recordings)
+            for ``birdnet-tf embed``/``search`` on the folder; needs a reference export with the
+            ``features`` signature (the default temporary one has it; an older one gets a note).
 
     Returns:
         ``{quantization: {"path", "size_bytes", **verification}}`` for the written models.
@@ -642,6 +732,10 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
 
         results, failures = {}, []
         whole_sources = None
+        if whole and embeddings and not (ref.extra.get("whole_recording") or {}).get("features"):
+            embeddings = False
+            log(f"note: no embedding halves (the reference export {ref_dir} has no features signature; "
+                "export the run again)")
         if whole:
             try:
                 from birdnet_tf.models.surgery import split_model
@@ -682,12 +776,16 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
             halves = None
             if whole_sources is not None:
                 try:
-                    halves = _whole_halves(model, cfg, q, meta, whole_sources, ref, Path(tmp), num_threads)
+                    halves = _whole_halves(model, cfg, q, meta, whole_sources, ref, Path(tmp), num_threads,
+                                           embeddings)
                 except BirdnetError as e:
                     failures.append(str(e))
                     log(f"front_{q}/body_{q}.tflite: verification FAILED, model_{q} not written: {e}")
                     continue
             out.mkdir(parents=True, exist_ok=True)
+            stale = out / f"embed_{q}.tflite"  # --force without embeddings: no half the new sidecar does not name
+            if f"embed_{q}.tflite" not in (halves or {}) and stale.is_file():
+                stale.unlink()
             for name, half in (halves or {}).items():
                 with atomic_path(out / name) as part:
                     part.write_bytes(half)
@@ -704,6 +802,10 @@ def export_tflite(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quanti
                 log(f"wrote {', '.join(str(out / name) for name in halves)}: whole-recording halves; vs the "
                     f"SavedModel's whole-recording scores max |Δscore| {w['max_abs_diff']:.2g} on {w['windows']} "
                     f"windows of {w['recordings']} recording(s)")
+                e = meta["whole_recording"].get("embed_verification")
+                if e:
+                    log(f"embeddings ({e['dim']} values) vs the SavedModel's: max |Δ| {e['max_rel_diff']:.2g} of the "
+                        f"largest value (tolerance {e['tolerance']:g}), least cosine similarity {e['min_cosine']:.5f}")
     if results:
         write_text_atomic(out / "labels.txt", "".join(f"{label}\n" for label in labels))
         write_json_atomic(out / TFLITE_MARKER, {"birdnet_tf_version": __version__,

@@ -205,6 +205,34 @@ REAL_SUBSET = (
 )
 
 
+#: The xc-pr20 files the shared TFLite export (``tflite_tiny``) is verified on: Ogg and MP3,
+#: one shorter than the tiny run's 2-s window, one of 21 s (three 10-s front chunks).
+TFLITE_CHECK_FILES = (*REAL_SUBSET[:4], "audio/XC100158.mp3")
+
+
+@pytest.fixture(scope="session")
+def tflite_tiny(trained_synthetic, tmp_path_factory):
+    """``export_tflite`` of ``trained_synthetic`` in every quantization, with the whole-recording halves.
+
+    One conversion shared by the TFLite, LiteRT, engine and Python-version tests (each
+    conversion costs tens of seconds). Verified against the run's SavedModel export on
+    :data:`TFLITE_CHECK_FILES` (the synthetic dataset when xc-pr20 is absent). Returns a
+    namespace: ``out`` (the folder), ``results`` and ``logs`` of the export, ``check_files``.
+    Tests must not modify the folder (copy it first).
+    """
+    pytest.importorskip("ai_edge_litert")
+    from birdnet_tf.tflite import export_tflite
+
+    xc = xc_pr20_dir()
+    files = [xc / f for f in TFLITE_CHECK_FILES] if xc is not None else []
+    check = [str(f) for f in files] if files and all(f.is_file() for f in files) else [str(trained_synthetic.data)]
+    out = tmp_path_factory.mktemp("tflite_tiny") / "tflite"
+    logs: list[str] = []
+    results = export_tflite(trained_synthetic.run, out, check_audio=check, reference=trained_synthetic.export,
+                            log=logs.append)
+    return types.SimpleNamespace(out=out, results=results, logs=logs, check_files=check)
+
+
 def pick_real_subset(xc: Path, files=REAL_SUBSET) -> pd.DataFrame:
     """The xc-pr20 metadata rows of ``files`` (skips the test if any is missing)."""
     meta = pd.read_csv(xc / "metadata.csv", dtype=str, keep_default_na=False)

@@ -52,12 +52,26 @@ SCRIPT = textwrap.dedent("""
             model, fit_model, _ = loop.prepare_model(cfg, None, example_source(cfg, data), 3, 3, False)
         fit_model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1, verbose=0, shuffle=False)
         weights[name] = model.get_weights()
+    # the multi_worker loop's step (custom_loop.train_function) under the same strategy: per-replica batches
+    # of 4 from distribute_datasets_from_function (one pipeline: each step's two replicas take the next two)
+    from birdnet_tf.train.custom_loop import train_function
+    strategy = loop.distribution_strategy(cfg)
+    halves = lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(ctx.get_per_replica_batch_size(8))
+    keras.utils.set_random_seed(1)
+    with loop.strategy_scope(cfg):
+        model, fit_model, _ = loop.prepare_model(cfg, None, example_source(cfg, data), 3, 3, False)
+    step, batches = train_function(fit_model, strategy), iter(strategy.distribute_datasets_from_function(halves))
+    for _ in range(3):
+        step(batches)
+    weights["custom"] = model.get_weights()
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["one_device"], weights["mirrored"]))
+    custom = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["one_device"], weights["custom"]))
     moved = max(float(np.max(np.abs(a))) for a in weights["one_device"])
     # and the whole trainer under the strategy: 2 replicas × 4 = a global batch of 8
     cfg = Config().replace([*settings, "train.strategy=mirrored", "data.batch_size=4"])
     summary = train(cfg, data, f"{out}/run", evaluate=False, log=lambda *a: None)
-    print(json.dumps({"max_abs_diff": diff, "max_abs_weight": moved, "epochs": read_state(f"{out}/run/state.json")["epoch"]}))
+    print(json.dumps({"max_abs_diff": diff, "custom_loop_diff": custom, "max_abs_weight": moved,
+                      "epochs": read_state(f"{out}/run/state.json")["epoch"]}))
 """)
 
 
@@ -69,13 +83,14 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: float 
 
 def test_mirrored_on_two_logical_cpus_equals_one_device(tmp_path, synthetic_dataset, tiny_settings):
     """Three SGD steps at a global batch of 8: mirrored (2 replicas × 4) equals one device (1 × 8)
-    within 1e-5 (float32 sums in another order); the trainer runs an epoch under the strategy."""
+    within 1e-5 (float32 sums in another order), with Keras' fit and with the multi_worker loop's
+    step; the trainer runs an epoch under the strategy."""
     data = synthetic_dataset(files_per_class=3)
     proc = run_script(SCRIPT, json.dumps([*tiny_settings, *EXACT]), str(data), str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["max_abs_weight"] > 0
-    assert result["max_abs_diff"] < 1e-5, result
+    assert result["max_abs_diff"] < 1e-5 and result["custom_loop_diff"] < 1e-5, result
     assert result["epochs"] == 1 and (tmp_path / "run" / "best.keras").is_file()
 
 
@@ -129,14 +144,31 @@ MIXED = textwrap.dedent("""
     plateau = PlateauDecay("loss", 1, 0.5, 1, cfg.train.learning_rate, 0.0, 3, {})
     hist = fit_model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=2, verbose=0,
                          callbacks=[plateau])
+    # the multi_worker loop's step (custom_loop.train_function) on a second model: loss scaling too
+    from birdnet_tf.train.custom_loop import train_function
+    strategy = loop.distribution_strategy(cfg)
+    keras.utils.set_random_seed(0)
+    with loop.strategy_scope(cfg):
+        second, second_fit, _ = loop.prepare_model(cfg, None, example_source(cfg, data), 3, 3, False)
+    step = train_function(second_fit, strategy)
+    batches = iter(strategy.distribute_datasets_from_function(
+        lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat()))
+    hooks = keras.callbacks.CallbackList([PlateauDecay("loss", 1, 0.5, 1, cfg.train.learning_rate, 0.0, 3, {})],
+                                         model=second_fit)
+    custom = []
+    for i in range(6):
+        hooks.on_train_batch_begin(i)
+        custom.append(float(step(batches)))
     print(json.dumps({"optimizer": type(model.optimizer).__name__, "loss": hist.history["loss"],
-                      "compute": sorted({l.compute_dtype for l in model.layers})}))
+                      "compute": sorted({l.compute_dtype for l in model.layers}),
+                      "custom_optimizer": type(second.optimizer).__name__, "custom_loss": custom}))
 """)
 
 
 def test_mixed_precision_under_a_strategy_trains(synthetic_dataset, tiny_settings):
     """mixed_float16 + MirroredStrategy + the frontend learning-rate multiplier + the plateau
-    schedule: Keras wraps the optimizer in a LossScaleOptimizer and the loss stays finite."""
+    schedule: Keras wraps the optimizer in a LossScaleOptimizer and the loss stays finite, under
+    ``fit`` and under the multi_worker loop's step."""
     import math
 
     data = synthetic_dataset(files_per_class=1)
@@ -147,6 +179,7 @@ def test_mixed_precision_under_a_strategy_trains(synthetic_dataset, tiny_setting
     assert "float16" in result["compute"]  # the convolutions; the frontend and output stay float32
     # loss scaling skips a step whose float16 gradients overflow; training goes on to finite losses
     assert math.isfinite(result["loss"][-1]), result["loss"]
+    assert result["custom_optimizer"] == "LossScaleOptimizer" and math.isfinite(result["custom_loss"][-1]), result
 
 
 def test_cli_strategy_multi_worker_without_tf_config(tmp_path, synthetic_dataset, monkeypatch):
@@ -157,3 +190,34 @@ def test_cli_strategy_multi_worker_without_tf_config(tmp_path, synthetic_dataset
                             "--strategy", "multi_worker"])
     assert rc != 0 and "needs the TF_CONFIG environment variable" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_per_worker_rows_share_out_files_and_metadata_rows():
+    import numpy as np
+    import pandas as pd
+
+    from birdnet_tf.train.distribute import per_worker_rows
+
+    rows, meta = pd.DataFrame({"key": list("abcde")}), np.arange(10).reshape(5, 2)
+    shares = [per_worker_rows(rows, i, 2) for i in range(2)]
+    assert [list(s["key"]) for s in shares] == [["a", "c", "e"], ["b", "d"]]
+    assert per_worker_rows(meta, 1, 2).tolist() == [[2, 3], [6, 7]]  # the same rows as the files'
+    assert per_worker_rows(rows, 0, 1) is rows
+
+
+def test_another_worker_resumes_only_after_the_chief_finished_an_epoch(tmp_path, tiny_config):
+    from birdnet_tf.config import save_config
+    from birdnet_tf.runs import RunPaths
+    from birdnet_tf.train.distribute import Distribution
+    from birdnet_tf.train.trainer import run_to_resume
+
+    paths = RunPaths(tmp_path / "run")
+    paths.root.mkdir()
+    save_config(tiny_config, paths.config)
+    (paths.root / "split.csv.part").write_text("")  # the chief's first files, half written
+    chief, other = Distribution(None, "multi_worker", 0, 2), Distribution(None, "multi_worker", 1, 2)
+    assert run_to_resume(paths, tiny_config, chief) and not run_to_resume(paths, tiny_config, other)
+    paths.state.write_text(json.dumps({"epoch": 1}))
+    assert run_to_resume(paths, tiny_config, other)
+    with pytest.raises(ConfigError, match="different config"):  # and it checks the config as the chief does
+        run_to_resume(paths, tiny_config.replace(["train.epochs=9"]), other)

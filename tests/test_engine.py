@@ -91,7 +91,7 @@ def test_ensemble_scorer_is_the_weighted_mean_by_hand_in_the_first_members_label
 
 
 # ------------------------------------------------------------------ every kind, one recording
-def test_every_scorer_kind_gives_the_same_windows_and_scores(trained_synthetic, tmp_path):
+def test_every_scorer_kind_gives_the_same_windows_and_scores(trained_synthetic, tflite_tiny, tmp_path):
     """Whole-recording, sliding, remote (real HTTP on loopback) and TFLite on one WAV file."""
     import soundfile as sf
     import tensorflow as tf
@@ -100,16 +100,14 @@ def test_every_scorer_kind_gives_the_same_windows_and_scores(trained_synthetic, 
     from birdnet_tf.infer.remote import RemoteScorer
     from birdnet_tf.infer.whole import WholeRecordingModel
     from birdnet_tf.serve import ServerThread, make_app
-    from birdnet_tf.tflite import TOLERANCES, TFLiteModel, convert
+    from birdnet_tf.tflite import TOLERANCES, TFLiteModel
 
     exported = ExportedModel(trained_synthetic.export)
     assert exported.sample_rate_hz == SR
     whole = WholeRecordingModel.from_export(exported)
     sliding = SlidingScorer(exported)
     window = 2 * SR
-    content = convert(trained_synthetic.run, "float32", window, batch=None)
-    tflite = TFLiteModel("engine.tflite", content=content,
-                         meta={"labels": exported.labels, "sample_rate_hz": SR, "window_samples": window}).scorer()
+    tflite = TFLiteModel(tflite_tiny.out / "model_float32.tflite").scorer()  # the session's shared conversion
     base = tmp_path / "bird"
     shutil.copytree(trained_synthetic.export, base / "1")
     server = ServerThread(make_app(base, workers=1, log=lambda m: None))

@@ -1,8 +1,8 @@
 """The TensorFlow-free runtime (birdnet_tf.lite): LiteRT whole-recording inference of a
 ``birdnet-tf tflite`` folder, equal to the SavedModel's, in a virtual environment without TensorFlow.
 
-The tiny synthetic run (``trained_synthetic``) is converted once (float32; the float16 and
-int8 halves are verified in test_tflite.py) and scored on real xc-pr20 recordings: one
+The tiny synthetic run (``trained_synthetic``) is converted once per session (``tflite_tiny``,
+conftest; its float16 and int8 halves are verified in test_tflite.py) and scored on real xc-pr20 recordings: one
 shorter than a window (looped), an MP3, and one of 21 s, which crosses the boundaries of
 the 10-s front chunks and body segments.
 """
@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,6 @@ from conftest import run_cli, xc_pr20_dir  # noqa: E402
 from birdnet_tf.errors import BirdnetError  # noqa: E402
 from birdnet_tf.infer.predict import predict  # noqa: E402
 from birdnet_tf.lite import LiteModel, is_tflite_folder  # noqa: E402
-from birdnet_tf.tflite import export_tflite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: xc-pr20: 1.7 s (shorter than the 2-s window), 10.3 s MP3, 21.1 s MP3 (three front chunks / body segments)
@@ -46,12 +44,10 @@ def audio(trained_synthetic):
 
 
 @pytest.fixture(scope="module")
-def lite_folder(trained_synthetic, audio, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lite") / "tflite"
-    logs: list[str] = []
-    export_tflite(trained_synthetic.run, out, ["float32"], check_audio=audio, reference=trained_synthetic.export,
-                  log=logs.append)
-    return types.SimpleNamespace(out=out, logs=logs)
+def lite_folder(tflite_tiny, audio):
+    """The session's shared TFLite export (conftest ``tflite_tiny``), verified on ``FILES`` among others."""
+    assert set(audio) <= set(tflite_tiny.check_files)
+    return tflite_tiny
 
 
 def _both(trained_synthetic, lite_folder, audio, **kwargs):
@@ -76,7 +72,7 @@ def test_the_export_verified_the_halves_on_the_recordings(lite_folder):
     meta = json.loads((lite_folder.out / "model_float32.json").read_text())
     whole = meta["whole_recording"]
     assert (lite_folder.out / whole["front"]).is_file() and (lite_folder.out / whole["body"]).is_file()
-    assert whole["verification"]["recordings"] == 1 + len(FILES)  # the test signals + each recording
+    assert whole["verification"]["recordings"] == 1 + len(lite_folder.check_files)  # the test signals + each recording
     assert whole["verification"]["max_abs_diff"] <= 1e-4
     assert any("whole-recording halves" in line for line in lite_folder.logs)
 

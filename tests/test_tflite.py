@@ -1,14 +1,13 @@
 """Tests of birdnet_tf.tflite: built-in-only conversion, LiteRT inference, verification, sidecar, CLI.
 
-The tiny synthetic run (``trained_synthetic``) is converted once per module in every
-quantization; its scores are compared with its real SavedModel export on windows of
+The tiny synthetic run (``trained_synthetic``) is converted once per session in every
+quantization (``tflite_tiny``, conftest); its scores are compared with its real SavedModel export on windows of
 real xc-pr20 recordings (synthetic recordings when xc-pr20 is absent).
 """
 
 from __future__ import annotations
 
 import json
-import types
 
 import numpy as np
 import pytest
@@ -16,12 +15,13 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
-from conftest import REAL_SUBSET, run_cli, xc_pr20_dir  # noqa: E402
+from conftest import run_cli  # noqa: E402
 
 from birdnet_tf.errors import BirdnetError  # noqa: E402
 from birdnet_tf.export import ExportedModel  # noqa: E402
 from birdnet_tf.infer.predict import expand_inputs  # noqa: E402
 from birdnet_tf.tflite import (  # noqa: E402
+    EMBED_TOLERANCES,
     QUANTIZATIONS,
     TFLITE_MARKER,
     TOLERANCES,
@@ -41,13 +41,9 @@ SR = 22050
 
 
 @pytest.fixture(scope="module")
-def check_files(trained_synthetic):
-    """A few real recordings (Ogg and MP3) of xc-pr20, or the synthetic dataset when it is absent."""
-    xc = xc_pr20_dir()
-    files = [xc / f for f in REAL_SUBSET[:4]] if xc is not None else []
-    if files and all(f.is_file() for f in files):
-        return [str(f) for f in files]
-    return [str(trained_synthetic.data)]
+def check_files(tflite_tiny):
+    """The recordings the shared export was verified on (real xc-pr20 files, or the synthetic dataset)."""
+    return tflite_tiny.check_files
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +59,9 @@ def reference(trained_synthetic):
 
 
 @pytest.fixture(scope="module")
-def exported(trained_synthetic, tmp_path_factory, check_files):
-    """``export_tflite`` of the tiny run in all three quantizations, verified on ``check_files``."""
-    out = tmp_path_factory.mktemp("tflite") / "models"
-    logs: list[str] = []
-    results = export_tflite(trained_synthetic.run, out, check_audio=check_files,
-                            reference=trained_synthetic.export, log=logs.append)
-    return types.SimpleNamespace(out=out, results=results, logs=logs)
+def exported(tflite_tiny):
+    """``export_tflite`` of the tiny run in all three quantizations, verified on ``check_files`` (conftest)."""
+    return tflite_tiny
 
 
 @pytest.mark.parametrize("quantization", QUANTIZATIONS)
@@ -225,21 +217,6 @@ def test_verify_figures_and_tolerance(exported, reference, windows):
         verify(model, reference, windows, tolerance=figures["max_abs_diff"] / 2)
 
 
-def test_a_quantization_failing_verification_is_not_written(trained_synthetic, tmp_path, monkeypatch):
-    """Real int8 scores against the real SavedModel, with a tolerance no int8 model meets."""
-    import birdnet_tf.tflite as tflite
-
-    monkeypatch.setitem(tflite.TOLERANCES, "int8", 1e-9)
-    out = tmp_path / "models"
-    logs: list[str] = []
-    with pytest.raises(BirdnetError, match=r"1 quantization\(s\) failed verification; written: float32"):
-        export_tflite(trained_synthetic.run, out, ["float32", "int8"], reference=trained_synthetic.export,
-                      log=logs.append, whole=False)  # the halves are tested elsewhere; this is about verification
-    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "labels.txt", "model_float32.json",
-                                                    "model_float32.tflite"]
-    assert any("model_int8.tflite: verification FAILED, not written" in line for line in logs)
-
-
 def test_bad_arguments_are_refused_before_converting(trained_synthetic, tmp_path):
     with pytest.raises(BirdnetError, match="receptive field"):
         convert(trained_synthetic.run, "float32", window_samples=2000)
@@ -300,17 +277,26 @@ def test_force_replaces_only_models_this_command_wrote(exported, trained_synthet
         check_outputs(exported.out, ["int8"], force=False)
 
 
-def test_cli_default_verifies_on_the_runs_validation_files(trained_synthetic, tmp_path):
+def test_cli_default_verifies_on_the_runs_validation_files_and_never_writes_a_failing_model(
+        trained_synthetic, tmp_path, monkeypatch):
+    """The CLI end to end (one conversion per quantization, halves included): real int8 scores against
+    the real SavedModel, with a tolerance no int8 model meets, so float32 is written and int8 is not."""
     import pandas as pd
 
+    import birdnet_tf.tflite as tflite
+
+    monkeypatch.setitem(tflite.TOLERANCES, "int8", 1e-9)
     out = tmp_path / "models"
-    rc, stdout, err = run_cli(["tflite", str(trained_synthetic.run), "--out", str(out), "--quantization", "float32"])
-    assert rc == 0, err
+    rc, stdout, err = run_cli(["tflite", str(trained_synthetic.run), "--out", str(out),
+                               "--quantization", "float32", "int8"])
+    assert rc != 0 and "1 quantization(s) failed verification; written: float32" in err
+    assert "model_int8.tflite: verification FAILED, not written" in stdout + err
     n_val = int((pd.read_csv(trained_synthetic.run / "split.csv")["split"] == "val").sum())
     assert f"run's {n_val} validation recording(s)" in stdout
     assert "model_float32.tflite" in stdout and "max |Δscore|" in stdout
-    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "body_float32.tflite", "front_float32.tflite",
-                                                    "labels.txt", "model_float32.json", "model_float32.tflite"]
+    assert sorted(p.name for p in out.iterdir()) == [TFLITE_MARKER, "body_float32.tflite", "embed_float32.tflite",
+                                                    "front_float32.tflite", "labels.txt", "model_float32.json",
+                                                    "model_float32.tflite"]
     meta = json.loads((out / "model_float32.json").read_text())
     assert meta["verification"]["recordings"] == n_val
     assert meta["verification"]["reference"] == "temporary SavedModel export of the run"
@@ -325,5 +311,7 @@ def test_every_quantization_gets_verified_whole_recording_halves(exported):
         check = whole["verification"]
         assert check["windows"] >= 10 and 0 <= check["max_abs_diff"] <= TOLERANCES[q]
         assert check["top1_agreement"] >= 0.9
+        embed = whole["embed_verification"]  # the embedding half (tests/test_lite_embed.py runs it)
+        assert embed["max_rel_diff"] <= EMBED_TOLERANCES[q] and embed["min_cosine"] >= 0.99
     marker = json.loads((exported.out / TFLITE_MARKER).read_text())
     assert {f"{h}_{q}.tflite" for h in ("front", "body") for q in QUANTIZATIONS} <= set(marker["files"])

@@ -99,8 +99,9 @@ def _pyarrow():
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - pyarrow is a dependency
-        raise BirdnetError("embedding databases need pyarrow: pip install pyarrow") from None
+    except ImportError:  # the TensorFlow-free base install has no pyarrow; its 'embed' extra adds it
+        raise BirdnetError("embedding databases need pyarrow, which this install lacks: "
+                           "pip install 'birdnet-tf[embed]' (TensorFlow-free) or 'birdnet-tf[train]'") from None
     return pa, pq
 
 

@@ -3,7 +3,9 @@
 The vectors are those of :meth:`birdnet_tf.infer.whole.WholeRecordingModel.embed`: per window,
 the mean of the backbone's per-step features (the input of the class-logits layer) over the
 steps that the window's scores pool, computed in the one whole-recording pass. A model is a
-run folder (its ``best.keras``) or an export folder (its ``features`` signature).
+run folder (its ``best.keras``), an export folder (its ``features`` signature), or a ``birdnet-tf
+tflite`` folder (its ``front``/``embed`` halves, run in LiteRT without TensorFlow: the TensorFlow-free
+install with pyarrow embeds and searches).
 
 The database's :class:`~birdnet_tf.embed.db.EmbeddingFacts` name the model (its absolute
 path, so ``search`` finds it from any folder) and its fingerprint (a hash of the weights and the labels): a query embedded by another model is
@@ -36,6 +38,7 @@ class Embedder:
     fingerprint: str
     dim: int
     keras_model: object = None  # a run folder's Keras model (None for an export)
+    runtime: str = "tensorflow"  # or "tflite": a birdnet-tf tflite folder, run in LiteRT
 
     @property
     def sample_rate(self) -> int:
@@ -69,17 +72,19 @@ def open_embedder(path: str | os.PathLike) -> Embedder:
     """The embedding model of a run folder or an export folder (see the module docstring).
 
     Raises:
-        BirdnetError: Not a model folder, a TFLite folder, or an export without the ``features`` signature.
+        BirdnetError: Not a model folder, a TFLite folder without its sidecar or embedding half, or an
+            export without the ``features`` signature.
     """
     p = Path(path)
     if not p.exists():
         raise BirdnetError(f"{p}: model does not exist")
     from birdnet_tf.lite import LiteModel, is_tflite_folder
 
-    if is_tflite_folder(p):
-        LiteModel(p)  # a folder missing its labels (sidecar) says so here
-        raise BirdnetError(f"{p}: a TFLite folder gives no embeddings yet; embed with the export or run folder "
-                           "it was made from")
+    if is_tflite_folder(p):  # LiteRT, never TensorFlow; a folder missing its labels (sidecar) says so here
+        lite = LiteModel(p)
+        scorer = lite.embed_model()
+        return Embedder(str(p.resolve()), scorer, _hash_files(lite.embedding_files(), lite.labels),
+                        int(lite.extra["whole_recording"]["dim"]), runtime="tflite")
     from birdnet_tf.fileio import quiet_tensorflow
 
     quiet_tensorflow()

@@ -12,6 +12,9 @@ Two ways to score audio with the flatbuffers of an output folder:
   segments, pooling the steps of each window in NumPy). The front is pointwise in time and
   the body fully convolutional, so cutting a recording into fixed chunks (the last one
   zero-padded, its extra output dropped) gives exactly the frames and steps of one pass.
+  With ``embed_<q>.tflite`` (frames → per-step features, the body cut before its class logits)
+  the same engine gives per-window embeddings (:meth:`LiteModel.embed_model`, for ``birdnet-tf
+  embed`` / ``search``): the mean of each window's steps, in NumPy.
 
 Imports: NumPy, the LiteRT interpreter (``ai_edge_litert``), and the package's TF-free
 modules (config, audio decoding, pooling); never TensorFlow or Keras.
@@ -208,7 +211,8 @@ def _front(net: FixedNet, hop: int, n_fft: int):
 
 
 def _body(net: FixedNet, field: int, stride: int):
-    """``[batch, frames, bands]`` → ``[batch, steps, classes]`` for up to the net's fixed frames (zero-padded)."""
+    """``[batch, frames, bands]`` → ``[batch, steps, classes]`` (or ``dim`` features, for the embedding half)
+    for up to the net's fixed frames (zero-padded)."""
     size = net.shape[1]
 
     def body(x: np.ndarray) -> np.ndarray:
@@ -237,7 +241,8 @@ class LiteModel:
 
     Has what ``predict`` reads of an export: ``labels``, ``sample_rate_hz``, ``config``,
     ``extra["whole_recording"]`` (the halves' facts, when the folder has them),
-    ``m(waveforms)`` (the window model, for ``--engine sliding``) and :meth:`whole_model`.
+    ``m(waveforms)`` (the window model, for ``--engine sliding``) and :meth:`whole_model`; and for
+    ``birdnet-tf embed``/``search``, :meth:`embed_model` (the engine with the embedding half).
 
     Args:
         path: The folder (its float32 model, else float16, else int8) or one ``model_<q>.tflite``.
@@ -281,20 +286,49 @@ class LiteModel:
                                "write them again with a newer 'birdnet-tf tflite'")
         return whole_engine(self.path.parent, facts, self.config, self.num_threads, **kwargs)
 
+    @property
+    def has_embeddings(self) -> bool:
+        """True when the folder's sidecar names an embedding half (``embed_<q>.tflite``)."""
+        return bool(self.extra.get("whole_recording", {}).get("embed"))
 
-def whole_engine(folder: Path, facts: dict, cfg, num_threads: int | None = None, **kwargs):
+    def embed_model(self, **kwargs):
+        """The streaming engine with the embedding half: its ``embed(source, …)`` gives per-window vectors.
+
+        Raises:
+            BirdnetError: A folder written before TFLite embeddings (no ``embed_<q>.tflite`` in its
+                sidecar), or a missing half file.
+        """
+        if not self.has_embeddings:
+            raise BirdnetError(f"{self.path}: no embedding half (embed_{self.quantization}.tflite) in this TFLite "
+                               "folder: it was written before TFLite embeddings; write it again with "
+                               "'birdnet-tf tflite RUN_DIR --out DIR --force'")
+        return whole_engine(self.path.parent, self.extra["whole_recording"], self.config, self.num_threads,
+                            embeddings=True, **kwargs)
+
+    def embedding_files(self) -> list[Path]:
+        """The flatbuffers the embeddings depend on (the front and the embedding half)."""
+        facts = self.extra.get("whole_recording", {})
+        return [self.path.parent / facts[k] for k in ("front", "embed") if facts.get(k)]
+
+
+def whole_engine(folder: Path, facts: dict, cfg, num_threads: int | None = None, embeddings: bool = False,
+                 **kwargs):
     """:class:`~birdnet_tf.infer.whole.WholeRecordingModel` over the halves in ``folder`` that ``facts``
-    (a sidecar's ``whole_recording``) names; ``kwargs`` go to it (``batch_size``, ``segment_s``…)."""
+    (a sidecar's ``whole_recording``) names; ``kwargs`` go to it (``batch_size``, ``segment_s``…).
+    ``embeddings``: also load the embedding half ``facts["embed"]`` (its ``embed`` method then works)."""
     from birdnet_tf.infer.whole import WholeRecordingModel
     from birdnet_tf.models.surgery import StepGeometry
 
     front = FixedNet(Path(folder) / facts["front"], num_threads)
     body = FixedNet(Path(folder) / facts["body"], num_threads)
+    features = FixedNet(Path(folder) / facts["embed"], num_threads) if embeddings else None
     sr = cfg.audio.sample_rate_hz
     geo = StepGeometry(sr, int(facts["hop_samples"]), int(facts["n_fft"]), int(facts["stride_frames"]),
                        int(facts["field_frames"]))
     kwargs.setdefault("segment_s", int(facts["segment_steps"]) * geo.stride_samples / sr)
     kwargs.setdefault("front_s", int(facts["front_frames"]) * geo.hop / sr)
     kwargs.setdefault("numpy_pooling", True)
+    if features is not None:
+        kwargs["features"] = _body(features, geo.field, geo.stride)
     return WholeRecordingModel(_front(front, geo.hop, geo.n_fft), _body(body, geo.field, geo.stride), cfg, geo,
                                bool(facts["center"]), facts["pooling"], facts["activation"], **kwargs)

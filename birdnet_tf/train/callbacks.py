@@ -6,8 +6,10 @@ and lowers the rate, :class:`RunCheckpoint` saves the epoch (``last.keras``, ``b
 ``history.csv``, ``state.json``, counters of the plateau schedule included) and stops early.
 
 Distribution strategies (issue 14): only the chief may write run files, so a multi-worker run
-passes ``chief=False`` to :func:`make_callbacks` on the other workers, which then get no
-:class:`RunCheckpoint` and no TensorBoard writer.
+passes ``chief=False`` and the paths of a temporary folder to :func:`make_callbacks` on the
+other workers: their :class:`RunCheckpoint` saves there (every worker saves, as TensorFlow's
+multi-worker guidance asks) and they get no TensorBoard writer
+(:mod:`birdnet_tf.train.custom_loop` runs them).
 """
 
 from __future__ import annotations
@@ -26,21 +28,29 @@ from birdnet_tf.fileio import atomic_path, write_json_atomic, write_text_atomic
 from birdnet_tf.runs import RunPaths
 
 
+#: The validation metrics of :func:`file_metrics` (logged as ``val_<name>``).
+FILE_METRICS = ("loss", "mlrap", "mlrap_bg", "mrr", "cmap", "top1", "top5")
+
+
 class FileValidation(keras.callbacks.Callback):
     """Scores validation files at each epoch's end (windows pooled per file) and adds
     ``val_loss``, ``val_mlrap``, ``val_mlrap_bg``, ``val_mrr``, ``val_cmap``,
-    ``val_top1``, ``val_top5`` to the epoch logs."""
+    ``val_top1``, ``val_top5`` to the epoch logs (:data:`FILE_METRICS`).
 
-    def __init__(self, windows, primary_idx, background, targets, pooling, loss):
+    ``predict(model, windows)`` scores the windows (default: Keras' ``predict``)."""
+
+    def __init__(self, windows, primary_idx, background, targets, pooling, loss, predict=None):
         super().__init__()
         self.windows, self.primary_idx, self.background = windows, primary_idx, background
-        self.targets, self.pooling, self.loss = targets, pooling, loss
+        self.targets, self.pooling, self.loss, self.predict = targets, pooling, loss, predict
 
     def on_epoch_end(self, epoch, logs=None):
         from birdnet_tf.distill.teachers import plain_model
-        from birdnet_tf.evaluate.run import score_windows
+        from birdnet_tf.evaluate.run import pool_by_file, predict_windows
 
-        scores = score_windows(plain_model(self.model), self.windows, len(self.primary_idx), self.pooling)
+        windows = self.windows
+        scores = pool_by_file((self.predict or predict_windows)(plain_model(self.model), windows),
+                              windows.file_index, len(self.primary_idx), self.pooling)
         metrics = file_metrics(scores, self.primary_idx, self.background, self.targets, self.loss)
         if logs is not None:
             logs.update({f"val_{k}": v for k, v in metrics.items()})
@@ -161,8 +171,7 @@ def file_metrics(scores: np.ndarray, primary_idx: np.ndarray, background: np.nda
 
     m = evaluate_scores(scores, primary_idx, background)
     value = loss_value(loss, targets, scores)
-    keys = ("mlrap", "mlrap_bg", "mrr", "cmap", "top1", "top5")
-    return {"loss": value, **{k: float(m[k]) if m[k] is not None else float("nan") for k in keys}}
+    return {"loss": value, **{k: float(m[k]) if m[k] is not None else float("nan") for k in FILE_METRICS[1:]}}
 
 
 def read_history_rows(history: Path) -> pd.DataFrame:
@@ -205,14 +214,15 @@ def make_callbacks(cfg: Config, paths: RunPaths, windows, val_primary, val_backg
             windows (:class:`~birdnet_tf.data.pipeline.WindowSet`) and their labels.
         steps: Optimizer steps per epoch (the plateau schedule's warm-up is counted in steps).
         state: The run's state (``state.json``), updated in place by the callbacks.
-        chief: False on a non-chief worker of a distributed run: nothing is written there.
+        chief: False on a non-chief worker of a multi-worker run: ``paths`` is then its temporary
+            folder, and it gets no TensorBoard writer.
     """
     t = cfg.train
     plateau = [] if t.schedule != "plateau" else [PlateauDecay(
         t.monitor, t.lr_plateau_patience, t.lr_step_factor, t.lr_plateau_drops, t.learning_rate, t.min_learning_rate,
         min(int(round(t.warmup_epochs * steps)), max(0, t.epochs * steps - 1)), state, log)]
-    writers = [RunCheckpoint(paths, t.monitor, t.early_stopping_patience, state),
-               keras.callbacks.TensorBoard(log_dir=str(paths.logs), write_graph=False, profile_batch=0)]
+    board = [keras.callbacks.TensorBoard(log_dir=str(paths.logs), write_graph=False, profile_batch=0)]
     return [FileValidation(windows, val_primary, val_background, val_targets, cfg.data.file_pooling, t.loss),
             *plateau,  # before RunCheckpoint, which saves its counters
-            *(writers if chief else [])]
+            RunCheckpoint(paths, t.monitor, t.early_stopping_patience, state),
+            *(board if chief else [])]

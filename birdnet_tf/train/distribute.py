@@ -9,6 +9,9 @@
 - ``auto``: ``multi_worker`` when ``TF_CONFIG`` names a cluster of more than one task,
   ``mirrored`` with two or more local GPUs, else ``one_device``.
 
+``multi_worker`` trains with :mod:`birdnet_tf.train.custom_loop` (Keras 3's ``fit`` fails under
+``MultiWorkerMirroredStrategy``, keras-team/keras#20585), the others with Keras' ``fit``.
+
 ``data.batch_size`` is the batch of one replica: the global batch is ``data.batch_size ×
 replicas`` and an epoch has correspondingly fewer steps. The learning rate is **not** scaled
 automatically (README "Scaling out" gives the linear rule to apply by hand).
@@ -125,20 +128,10 @@ def resolve(cfg: Config, log=print) -> Distribution:
     return dist
 
 
-def per_worker_rows(rows, dist: Distribution):
-    """This worker's share of the training files (every ``num_workers``-th row from its index):
-    each file is read by one worker only."""
-    if dist.num_workers <= 1:
+def per_worker_rows(rows, index: int, count: int):
+    """Worker ``index``'s share of ``count`` of the training files (every ``count``-th row from
+    ``index`` of a DataFrame or an array, e.g. the files' metadata features): each file is read
+    by one worker only."""
+    if count <= 1:
         return rows
-    return rows.iloc[dist.worker_index::dist.num_workers]
-
-
-def input_options(dataset, dist: Distribution):
-    """The training dataset with tf.data auto-sharding off when the files are already sharded per worker."""
-    if dist.num_workers <= 1:
-        return dataset
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return dataset.with_options(options)
+    return rows.iloc[index::count] if hasattr(rows, "iloc") else rows[index::count]

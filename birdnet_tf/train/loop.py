@@ -6,7 +6,9 @@ Seams for what comes next:
   place that opens a ``tf.distribute`` scope; :func:`prepare_model` builds (or restores) the
   model, its optimizer and schedule, its loss and a teacher wrapper inside it. The strategy is
   ``train.strategy``'s (:mod:`birdnet_tf.train.distribute`); non-chief workers get
-  ``chief=False`` callbacks (:func:`birdnet_tf.train.callbacks.make_callbacks`).
+  ``chief=False`` callbacks (:func:`birdnet_tf.train.callbacks.make_callbacks`). :func:`fit`
+  serves ``one_device`` and ``mirrored``; ``multi_worker`` trains with
+  :func:`birdnet_tf.train.custom_loop.fit` (Keras' ``fit`` cannot, keras-team/keras#20585).
 - **Teachers**: the example source's :meth:`~birdnet_tf.train.sources.ExampleSource.fit_model`
   wraps the student (distillation), inside the same scope.
 - **Tuner trials**: a trial is a whole :func:`birdnet_tf.train.trainer.train` call on a config

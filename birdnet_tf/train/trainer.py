@@ -8,7 +8,7 @@
 - :mod:`birdnet_tf.train.optim` — optimizer, learning-rate schedule and loss of ``train.*``;
 - :mod:`birdnet_tf.train.callbacks` — validation, checkpoints, the plateau schedule, early stopping;
 - :mod:`birdnet_tf.train.loop` — dtype policy, the distribution-strategy scope, the model built or
-  restored, ``fit``.
+  restored, ``fit``; :mod:`birdnet_tf.train.custom_loop` — the loop of ``train.strategy=multi_worker``.
 
 Running ``train`` again on the same folder with the same config resumes after the
 last finished epoch; with a different config it refuses instead of mixing runs.
@@ -59,6 +59,16 @@ def check_run_folder(paths: RunPaths, cfg: Config) -> bool:
             f"{paths.root}: holds a run with a different config ({'; '.join(diffs[:6])}"
             f"{' …' if len(diffs) > 6 else ''}); choose a new --out to start another run")
     return True
+
+
+def run_to_resume(paths: RunPaths, cfg: Config, dist) -> bool:
+    """:func:`check_run_folder` on the chief. Another worker of a multi-worker run resumes only when
+    the chief has finished an epoch there (``state.json``): at the start of a new run it could see
+    the chief's first files half written, and before the first epoch ends nothing is lost by
+    starting anew."""
+    if dist.chief or paths.state.exists():
+        return check_run_folder(paths, cfg)
+    return False
 
 
 def check_input_length(cfg: Config) -> None:
@@ -115,7 +125,7 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise BirdnetError(f"{data_dir}: dataset folder does not exist")
     cfg = resolve_paths(cfg)  # teachers recorded with absolute paths; a resume must name the same
     check_distill_config(cfg)
-    resume = check_run_folder(paths, cfg)
+    resume = run_to_resume(paths, cfg, dist)
     check_config(cfg)
     source = example_source(cfg, data_dir, workers=workers, log=log)  # one per input kind
     source.check(val_keys)
@@ -127,11 +137,11 @@ def train(cfg: Config, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             f"best {state.get('monitor')} {state.get('best'):.4f} at epoch {state.get('best_epoch')})")
         return summary(paths, state, t0, epochs_run=0)
 
-    # only the chief writes the run folder; another worker writes a new run's files to a temporary
-    # folder (deleted at the end) and reads a resumed run's from the chief's folder
-    scratch = None if dist.chief or resume else Path(tempfile.mkdtemp(prefix=f"birdnet-tf-worker{dist.worker_index}-"))
+    # only the chief writes the run folder; another worker writes its files (a new run's split,
+    # its checkpoints) to a temporary folder deleted at the end, and reads a resumed run's from the chief's
+    scratch = None if dist.chief else Path(tempfile.mkdtemp(prefix=f"birdnet-tf-worker{dist.worker_index}-"))
     try:
-            return fit_run(cfg, dist, paths, RunPaths(scratch) if scratch else paths, source, resume, state, t0,
+        return fit_run(cfg, dist, paths, RunPaths(scratch) if scratch else paths, source, resume, state, t0,
                        cache_dir, evaluate, log, val_keys)
     finally:
         if scratch:
@@ -142,36 +152,37 @@ def fit_run(cfg: Config, dist, paths: RunPaths, write_paths: RunPaths, source, r
             t0: float, cache_dir, evaluate: bool, log, val_keys) -> dict:
     """The part of :func:`train` after the checks: run files, examples, model, ``fit``, evaluation.
 
-    ``write_paths`` is where this process writes a new run's files: ``paths`` on the chief, a
-    temporary folder on another worker of a multi-worker run.
+    ``write_paths`` is where this process writes: ``paths`` on the chief, a temporary folder on
+    another worker of a multi-worker run (a new run's files, its checkpoints).
     """
     import keras
 
     from birdnet_tf.data.labels import background_matrix, encode_targets, primary_indices
     from birdnet_tf.data.split import describe_split
-    from birdnet_tf.train import callbacks, distribute, loop
+    from birdnet_tf.train import callbacks, custom_loop, loop
     from birdnet_tf.train.sources import describe_model
 
     write_paths.root.mkdir(parents=True, exist_ok=True)
-    files = source.run_files(write_paths, resume, state, cache_dir, val_keys)  # writes the run's files when new
+    run_paths = paths if resume else write_paths  # the run's files: written when new, read on resume
+    files = source.run_files(run_paths, resume, state, cache_dir, val_keys)
     log(describe_split(files.train, files.val))
-    source.add_features(write_paths, files)
+    source.add_features(run_paths, files)
     policy = loop.configure_precision(cfg, log)
     # seeds initial weights, excerpt positions and augmentation (parallel tf.data and
     # multi-threaded kernels still make runs differ slightly); other workers draw other excerpts
     keras.utils.set_random_seed(cfg.data.seed + int(state.get("epoch", 0)) + 7919 * dist.worker_index)
-    steps = None
-    if dist.replicas > 1 or dist.num_workers > 1:  # data.batch_size per replica; files shared out to workers
-        source.cfg = cfg.replace([f"data.batch_size={cfg.data.batch_size * dist.replicas}"])
-        steps = cfg.train.steps_per_epoch or global_steps(files.train, source.cfg)
-        files = dataclasses.replace(files, train=distribute.per_worker_rows(files.train, dist),
-                                    train_meta=None if files.train_meta is None else
-                                    distribute.per_worker_rows(files.train_meta, dist))
-    examples = source.training(files)
-    source.cfg = cfg
-    if steps is not None:
-        examples = dataclasses.replace(examples, steps=steps,
-                                       dataset=distribute.input_options(examples.dataset, dist))
+    # data.batch_size is per replica: steps of all files at the global batch (the same on every worker)
+    global_cfg = cfg.replace([f"data.batch_size={cfg.data.batch_size * dist.replicas}"])
+    steps = cfg.train.steps_per_epoch or global_steps(files.train, global_cfg)
+    if dist.kind == "multi_worker":  # each worker reads its share of the files (custom_loop)
+        examples, dataset = custom_loop.distributed_dataset(source, files, cfg, dist)
+        examples = dataclasses.replace(examples, steps=steps, dataset=dataset)
+    elif dist.replicas > 1:  # fit splits each global batch among the local replicas
+        source.cfg = global_cfg
+        examples = dataclasses.replace(source.training(files), steps=steps)
+        source.cfg = cfg
+    else:
+        examples = source.training(files)
     val = examples.val
     val_targets = encode_targets(val, files.labels, cfg.data.background_weight)
     with loop.strategy_scope(cfg):
@@ -183,13 +194,16 @@ def fit_run(cfg: Config, dist, paths: RunPaths, write_paths: RunPaths, source, r
     if dist.chief:
         callbacks.trim_history(paths.history, initial_epoch)
         remove_stale_parts(paths.root, paths.checkpoints)  # temporary files of a killed save
-    run_callbacks = callbacks.make_callbacks(cfg, paths, examples.windows, primary_indices(val, files.labels),
+    run_callbacks = callbacks.make_callbacks(cfg, write_paths, examples.windows, primary_indices(val, files.labels),
                                              background_matrix(val, files.labels), val_targets, examples.steps,
                                              state, log, chief=dist.chief)
     log(f"training {describe_model(cfg)} ({model.count_params():,} parameters, {policy}, {dist.describe()}) "
         f"on {examples.what}, "
         f"validating on {len(val)} files; {examples.steps} steps/epoch, epochs {initial_epoch + 1}..{cfg.train.epochs}")
-    loop.fit(fit_model, examples.dataset, cfg, examples.steps, initial_epoch, run_callbacks)
+    if dist.kind == "multi_worker":  # Keras' fit cannot (keras-team/keras#20585)
+        custom_loop.fit(fit_model, examples.dataset, cfg, examples.steps, initial_epoch, run_callbacks, dist, log)
+    else:
+        loop.fit(fit_model, examples.dataset, cfg, examples.steps, initial_epoch, run_callbacks)
     state = read_state(paths.state) or state if dist.chief else state
     result = summary(paths, state, t0, epochs_run=int(state.get("epoch", 0)) - initial_epoch)
     if evaluate and dist.chief and paths.best.exists():
