@@ -7,8 +7,11 @@ dozen short files in seconds.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
+import json
 import os
+import shutil
 import types
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -163,33 +166,66 @@ def tiny_set_args(extra: list[str] | None = None) -> list[str]:
     return [a for s in [*TINY_SETTINGS, *(extra or [])] for a in ("--set", s)]
 
 
+def build_once(tmp_path_factory, name: str, build) -> tuple[Path, dict]:
+    """``(folder, info)``: ``build(folder)`` run once per test session, also across pytest-xdist workers.
+
+    Under xdist (``make test`` runs two processes) each worker has its own session, so a
+    session fixture would be built once per worker. Here the first worker to get the lock
+    builds into a folder beside the workers' own temporary folders and records the
+    JSON-able ``info`` that ``build`` returns; the others wait for the lock and reuse both
+    (pytest-xdist's documented recipe for session fixtures). A build that failed leaves no
+    record, so the next worker builds again (and fails with its own message).
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, record = root / name, root / f"{name}.done.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not record.is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+                info = build(folder)
+                record.write_text(json.dumps(info, default=str))
+            return folder, json.loads(record.read_text())
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def trained_synthetic(tmp_path_factory):
     """One tiny run on the synthetic dataset, shared by the tests that only read it.
 
-    prepare → train (1 epoch) → export, all through ``birdnet_tf.cli.main``. Returns a
-    namespace with the folders (``data``, ``prepared``, ``run``, ``export``) and the
-    ``(rc, stdout, stderr)`` of each step in ``steps``. Tests must not modify these
-    folders (copy them first).
+    prepare → train (1 epoch) → export, all through ``birdnet_tf.cli.main``, once per
+    session (:func:`build_once`). Returns a namespace with the folders (``data``,
+    ``prepared``, ``run``, ``export``) and the ``(rc, stdout, stderr)`` of each step in
+    ``steps``. Tests must not modify these folders (copy them first).
     """
-    root = tmp_path_factory.mktemp("trained_synthetic")
-    ns = types.SimpleNamespace(data=write_synthetic_dataset(root / "synth"), prepared=root / "prepared",
-                               run=root / "run", export=root / "export", steps={})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BIRDNET_TF_CACHE", str(root / "cache"))
-        for name, argv in [
-            ("prepare", ["prepare", str(ns.data), "--out", str(ns.prepared), "--workers", "1", "--no-progress"]),
-            ("train", ["train", "--data", str(ns.prepared), "--out", str(ns.run), *tiny_set_args()]),
-            ("export", ["export", str(ns.run), "--out", str(ns.export)]),
-        ]:
-            if name == "prepare":  # the 16-kHz sources are below the model's rate: prepare says so, once per file
-                with pytest.warns(UserWarning, match="recorded at 16000 Hz, below the target 22050 Hz"):
-                    ns.steps[name] = run_cli(argv)
-            else:
-                ns.steps[name] = run_cli(argv)
-            rc, out, err = ns.steps[name]
-            assert rc == 0, f"{name} failed with {rc}:\n{out[-3000:]}\n{err[-3000:]}"
-    return ns
+
+    def build(root: Path) -> dict:
+        data = write_synthetic_dataset(root / "synth")
+        steps = {}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("BIRDNET_TF_CACHE", str(root / "cache"))
+            for name, argv in [
+                ("prepare", ["prepare", str(data), "--out", str(root / "prepared"), "--workers", "1",
+                             "--no-progress"]),
+                ("train", ["train", "--data", str(root / "prepared"), "--out", str(root / "run"), *tiny_set_args()]),
+                ("export", ["export", str(root / "run"), "--out", str(root / "export")]),
+            ]:
+                if name == "prepare":  # the 16-kHz sources are below the model's rate: prepare says so, once per file
+                    with pytest.warns(UserWarning, match="recorded at 16000 Hz, below the target 22050 Hz"):
+                        steps[name] = run_cli(argv)
+                else:
+                    steps[name] = run_cli(argv)
+                rc, out, err = steps[name]
+                assert rc == 0, f"{name} failed with {rc}:\n{out[-3000:]}\n{err[-3000:]}"
+        return {"data": str(data), "steps": steps}
+
+    root, info = build_once(tmp_path_factory, "trained_synthetic", build)
+    return types.SimpleNamespace(data=Path(info["data"]), prepared=root / "prepared", run=root / "run",
+                                 export=root / "export", steps={k: tuple(v) for k, v in info["steps"].items()})
 
 
 #: A handful of short xc-pr20 recordings: 3 species, each by >= 2 recordists, Ogg and MP3.
@@ -214,8 +250,8 @@ TFLITE_CHECK_FILES = (*REAL_SUBSET[:4], "audio/XC100158.mp3")
 def tflite_tiny(trained_synthetic, tmp_path_factory):
     """``export_tflite`` of ``trained_synthetic`` in every quantization, with the whole-recording halves.
 
-    One conversion shared by the TFLite, LiteRT, engine and Python-version tests (each
-    conversion costs tens of seconds). Verified against the run's SavedModel export on
+    One conversion per session (:func:`build_once`) shared by the TFLite, LiteRT, engine,
+    embedding and Python-version tests (each conversion costs tens of seconds). Verified against the run's SavedModel export on
     :data:`TFLITE_CHECK_FILES` (the synthetic dataset when xc-pr20 is absent). Returns a
     namespace: ``out`` (the folder), ``results`` and ``logs`` of the export, ``check_files``.
     Tests must not modify the folder (copy it first).
@@ -226,11 +262,15 @@ def tflite_tiny(trained_synthetic, tmp_path_factory):
     xc = xc_pr20_dir()
     files = [xc / f for f in TFLITE_CHECK_FILES] if xc is not None else []
     check = [str(f) for f in files] if files and all(f.is_file() for f in files) else [str(trained_synthetic.data)]
-    out = tmp_path_factory.mktemp("tflite_tiny") / "tflite"
-    logs: list[str] = []
-    results = export_tflite(trained_synthetic.run, out, check_audio=check, reference=trained_synthetic.export,
-                            log=logs.append)
-    return types.SimpleNamespace(out=out, results=results, logs=logs, check_files=check)
+
+    def build(root: Path) -> dict:
+        logs: list[str] = []
+        results = export_tflite(trained_synthetic.run, root / "tflite", check_audio=check,
+                                reference=trained_synthetic.export, log=logs.append)
+        return {"results": results, "logs": logs}
+
+    root, info = build_once(tmp_path_factory, "tflite_tiny", build)
+    return types.SimpleNamespace(out=root / "tflite", results=info["results"], logs=info["logs"], check_files=check)
 
 
 def pick_real_subset(xc: Path, files=REAL_SUBSET) -> pd.DataFrame:
