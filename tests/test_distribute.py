@@ -64,13 +64,27 @@ SCRIPT = textwrap.dedent("""
     for _ in range(3):
         step(batches)
     weights["custom"] = model.get_weights()
+    # a distiller (its own compute_loss) under both strategies: its loss must be divided by the replicas
+    # as Keras' losses are, or mirrored gradients come out twice as large
+    from birdnet_tf.distill.teachers import make_distiller
+    for name, batch in (("one_device", 8), ("mirrored", 4)):
+        cfg = Config().replace([*settings, f"train.strategy={name}", f"data.batch_size={batch}"])
+        keras.utils.set_random_seed(1)
+        with loop.strategy_scope(cfg):
+            model, _, _ = loop.prepare_model(cfg, None, example_source(cfg, data), 3, 3, False)
+            distiller = make_distiller(model, [], 0, np.ones(0, np.float32), 0.5, "softmax", cfg.audio.sample_rate_hz)
+            distiller.compile(optimizer=keras.optimizers.SGD(0.01))
+        distiller.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1, verbose=0, shuffle=False)
+        weights["distill_" + name] = model.get_weights()
+    distill = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["distill_one_device"],
+                                                                weights["distill_mirrored"]))
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["one_device"], weights["mirrored"]))
     custom = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["one_device"], weights["custom"]))
     moved = max(float(np.max(np.abs(a))) for a in weights["one_device"])
     # and the whole trainer under the strategy: 2 replicas × 4 = a global batch of 8
     cfg = Config().replace([*settings, "train.strategy=mirrored", "data.batch_size=4"])
     summary = train(cfg, data, f"{out}/run", evaluate=False, log=lambda *a: None)
-    print(json.dumps({"max_abs_diff": diff, "custom_loop_diff": custom, "max_abs_weight": moved,
+    print(json.dumps({"max_abs_diff": diff, "custom_loop_diff": custom, "max_abs_weight": moved, "distill_diff": distill,
                       "epochs": read_state(f"{out}/run/state.json")["epoch"]}))
 """)
 
@@ -83,14 +97,15 @@ def run_script(script: str, *args: str, env: dict | None = None, timeout: float 
 
 def test_mirrored_on_two_logical_cpus_equals_one_device(tmp_path, synthetic_dataset, tiny_settings):
     """Three SGD steps at a global batch of 8: mirrored (2 replicas × 4) equals one device (1 × 8)
-    within 1e-5 (float32 sums in another order), with Keras' fit and with the multi_worker loop's
-    step; the trainer runs an epoch under the strategy."""
+    within 1e-5 (float32 sums in another order), with Keras' fit, with the multi_worker loop's
+    step and with a distiller (its own loss); the trainer runs an epoch under the strategy."""
     data = synthetic_dataset(files_per_class=3)
     proc = run_script(SCRIPT, json.dumps([*tiny_settings, *EXACT]), str(data), str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["max_abs_weight"] > 0
     assert result["max_abs_diff"] < 1e-5 and result["custom_loop_diff"] < 1e-5, result
+    assert result["distill_diff"] < 1e-5, result
     assert result["epochs"] == 1 and (tmp_path / "run" / "best.keras").is_file()
 
 

@@ -348,6 +348,9 @@ def make_distiller(student, model_teachers: list[ModelTeacher], table_count: int
             return target, weight
 
         def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            # Keras' own losses divide by the replicas in sync (their gradients are summed over the
+            # replicas), and the loss tracker multiplies back; a loss computed here must do the same
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
             pooled = None
             if isinstance(y_pred, (tuple, list)):
                 y_pred, pooled = y_pred
@@ -366,12 +369,12 @@ def make_distiller(student, model_teachers: list[ModelTeacher], table_count: int
                 with tf.GradientTape() as head_tape:  # the head's own step; the student's comes from fit
                     per = cosine_loss(y["table"][:, 0, c:], self.feature_head(pooled), mask)
                     feature_loss = tf.math.divide_no_nan(tf.reduce_sum(per), tf.reduce_sum(mask))
-                self._head_optimizer.apply(head_tape.gradient(feature_loss, head), head)
+                self._head_optimizer.apply(head_tape.gradient(feature_loss / replicas, head), head)
                 self.feature_cosine.update_state(1.0 - feature_loss)
                 loss = loss + tf.cast(self._feature_weight, loss.dtype) * tf.cast(feature_loss, loss.dtype)
             if self.losses:
                 loss = loss + tf.add_n([tf.cast(v, loss.dtype) for v in self.losses])
-            return loss
+            return loss / tf.cast(replicas, loss.dtype) if replicas > 1 else loss
 
     return Distiller()
 
