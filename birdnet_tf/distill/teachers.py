@@ -369,7 +369,8 @@ def make_distiller(student, model_teachers: list[ModelTeacher], table_count: int
                 with tf.GradientTape() as head_tape:  # the head's own step; the student's comes from fit
                     per = cosine_loss(y["table"][:, 0, c:], self.feature_head(pooled), mask)
                     feature_loss = tf.math.divide_no_nan(tf.reduce_sum(per), tf.reduce_sum(mask))
-                self._head_optimizer.apply(head_tape.gradient(feature_loss / replicas, head), head)
+                    replica_loss = feature_loss / replicas
+                self._head_optimizer.apply(head_tape.gradient(replica_loss, head), head)
                 self.feature_cosine.update_state(1.0 - feature_loss)
                 loss = loss + tf.cast(self._feature_weight, loss.dtype) * tf.cast(feature_loss, loss.dtype)
             if self.losses:
