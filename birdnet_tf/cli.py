@@ -192,6 +192,13 @@ def cmd_tflite(args) -> int:
     return 0
 
 
+def _log_written(summary: str, failures: list[tuple[str, str]]) -> None:
+    """Logs a command's summary line, then each skipped input with its reason."""
+    _log(summary + (f"; {len(failures)} input(s) skipped:" if failures else ""))
+    for path, reason in failures:
+        _log(f"  {about(path, reason)}")
+
+
 def cmd_predict(args) -> int:
     from birdnet_tf.infer.outputs import FOLDER_FORMATS, FORMATS, check_folder_output
 
@@ -239,10 +246,7 @@ def cmd_predict(args) -> int:
                            sample_rate_hz=table.attrs.get("sample_rate_hz"), force=args.force)
     n_files = table["file"].nunique()
     where = written[0] if len(written) == 1 else f"{args.out} ({len(written)} files)"
-    _log(f"wrote {where}: {args.format} for {n_files} file(s), {len(table)} score rows"
-         + (f"; {len(failures)} input(s) skipped:" if failures else ""))
-    for path, reason in failures:
-        _log(f"  {about(path, reason)}")
+    _log_written(f"wrote {where}: {args.format} for {n_files} file(s), {len(table)} score rows", failures)
     return 0
 
 
@@ -341,10 +345,7 @@ def cmd_embed(args) -> int:
 
     done, failures = embed_files(args.model, args.inputs, args.out, window_s=args.window_s, hop_s=args.hop_s,
                                  force=args.force, progress=not args.no_progress, log=_log)
-    _log(f"wrote {args.out}: vectors of {done} recording(s)"
-         + (f"; {len(failures)} input(s) skipped:" if failures else ""))
-    for path, reason in failures:
-        _log(f"  {about(path, reason)}")
+    _log_written(f"wrote {args.out}: vectors of {done} recording(s)", failures)
     return 0
 
 

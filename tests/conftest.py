@@ -98,6 +98,17 @@ def tiny_cfg(*settings: str):
     return Config().replace([*TINY_SETTINGS, *settings])
 
 
+def tiny_model(classes: int, center: bool = False, seed: int = 0):
+    """``(model, cfg)``: the default model at the tiny settings, seeded, band centring on or off."""
+    import keras
+
+    from birdnet_tf.models.build import build_model
+
+    keras.utils.set_random_seed(seed)
+    cfg = tiny_cfg(f"frontend.center_bands={center}")
+    return build_model(cfg, classes), cfg
+
+
 def synth_signal(kind: str, duration_s: float, rate_hz: int, rng: np.random.Generator) -> np.ndarray:
     """One seeded synthetic recording of class ``kind``, float64 in about ±0.5."""
     n = int(round(duration_s * rate_hz))

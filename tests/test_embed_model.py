@@ -6,20 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from birdnet_tf.config import Config
-from conftest import TINY_SETTINGS
+from conftest import tiny_model
 
 TOL = 1e-4
 
 
-def _model(center: bool = False, seed: int = 0):
-    import keras
-
-    from birdnet_tf.models.build import build_model
-
-    keras.utils.set_random_seed(seed)
-    cfg = Config().replace([*TINY_SETTINGS, f"frontend.center_bands={center}"])
-    return build_model(cfg, 3), cfg
+def _model(center: bool, seed: int = 0):
+    return tiny_model(3, center, seed)
 
 
 def _noise_and_tone(seconds: float, seed: int = 1) -> np.ndarray:

@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 
 from birdnet_tf.config import Config
-from conftest import TINY_SETTINGS
+from conftest import tiny_model
 
 TOL = 1e-5
 
 
 def _model(center: bool, seed: int = 0):
-    import keras
-
-    from birdnet_tf.models.build import build_model
-
-    keras.utils.set_random_seed(seed)
-    cfg = Config().replace([*TINY_SETTINGS, f"frontend.center_bands={center}"])
-    return build_model(cfg, 5), cfg
+    return tiny_model(5, center, seed)
 
 
 def _recording(seconds: float, seed: int = 1) -> np.ndarray:
